@@ -1,0 +1,115 @@
+# pogo - the only entry point: build, test, run, bench, install.
+#
+#   make            build ./pogo
+#   make test       install missing packages, build, run every test
+#   make run        start the demo from examples/ in the foreground
+#   make asan       build build/asan/pogo with ASan + UBSan
+#   make bench      run the benchmarks in bench/
+#   make deps       install missing Debian packages (apt-get)
+
+PREFIX  ?= /usr/local
+CC      ?= cc
+
+# Debian packages the project needs to build, test and run.
+DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libev-dev \
+            lua-lpeg lua-busted lua-cjson libsodium-dev libmsgpack-dev \
+            libedit-dev iproute2 procps psmisc socat
+
+PC_PKGS  := lua5.4 msgpack
+PC_CFLAGS = $(shell pkg-config --cflags $(PC_PKGS))
+PC_LIBS   = $(shell pkg-config --libs $(PC_PKGS))
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(PC_CFLAGS) \
+             -DPOGO_PREFIX='"$(PREFIX)"' -MMD -MP
+LDLIBS  = $(PC_LIBS) -lev -lm
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+              -fno-sanitize-recover=undefined -DPOGO_DEBUG
+
+SRCS     := $(wildcard src/*.c)
+CORE     := $(filter-out src/main.c,$(SRCS))
+UNIT     := $(wildcard tests/unit/*.c)
+
+OBJS       := $(SRCS:src/%.c=build/obj/%.o)
+CORE_OBJS  := $(CORE:src/%.c=build/obj/%.o)
+UNIT_OBJS  := $(UNIT:tests/unit/%.c=build/obj/unit/%.o)
+AOBJS      := $(SRCS:src/%.c=build/asan/obj/%.o)
+ACORE_OBJS := $(CORE:src/%.c=build/asan/obj/%.o)
+AUNIT_OBJS := $(UNIT:tests/unit/%.c=build/asan/obj/unit/%.o)
+
+.PHONY: all deps asan unit test check run bench clean install
+
+all: pogo
+
+pogo: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+build/obj/unit/%.o: tests/unit/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc -c -o $@ $<
+
+build/unit: $(CORE_OBJS) $(UNIT_OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# The sanitizer build: same sources, own objects, same tests.
+asan: build/asan/pogo build/asan/unit
+
+build/asan/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) -c -o $@ $<
+
+build/asan/obj/unit/%.o: tests/unit/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) -Isrc -c -o $@ $<
+
+build/asan/pogo: $(AOBJS)
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+build/asan/unit: $(ACORE_OBJS) $(AUNIT_OBJS)
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+unit: build/unit
+
+# Installs only what is missing; silent when everything is there.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing" $$missing; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# A sub-make, so pkg-config runs after deps has installed the .pc files.
+test: deps
+	@$(MAKE) --no-print-directory pogo build/unit asan
+	@tests/run
+
+check: test
+
+run: deps
+	@$(MAKE) --no-print-directory pogo
+	@examples/run
+
+bench: deps
+	@$(MAKE) --no-print-directory pogo
+	@bench/run
+
+install: pogo
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/pogo/lua/pogo
+	install -m 0755 pogo $(DESTDIR)$(PREFIX)/bin/pogo
+	install -m 0644 lua/pogo/*.lua $(DESTDIR)$(PREFIX)/share/pogo/lua/pogo/
+
+clean:
+	rm -rf build pogo
+
+-include $(OBJS:.o=.d) $(AOBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(AUNIT_OBJS:.o=.d)

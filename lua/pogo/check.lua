@@ -1,0 +1,122 @@
+-- pogo.check: `pogo check` - validate user files without running anything
+-- beyond the file itself (under the budget, in the sandbox).
+
+local config = require "pogo.config"
+local sandbox = require "pogo.sandbox"
+local sys = require "pogo.core.sys"
+
+local M = {}
+
+M.HOOKS = {
+  on_start = true, on_ready = true, on_exit = true, on_restart = true,
+  on_give_up = true, on_stop = true, on_node_up = true, on_node_down = true,
+  on_placement_change = true,
+}
+
+local validators = {}
+
+function validators.config(value, path, src)
+  local cfg, err = config.validate(value, { path = path, src = src })
+  if not cfg then return nil, err end
+  return true
+end
+
+function validators.spec(value, path)
+  if type(value) ~= "table" then
+    return nil, ("%s: a spec file must return a spec table or a list of them, got %s"):format(path, type(value))
+  end
+  local list = value[1] ~= nil and value or { value }
+  for i, spec in ipairs(list) do
+    if type(spec) ~= "table" then
+      return nil, ("%s: item %d must be a spec table, got %s"):format(path, i, type(spec))
+    end
+    if type(spec.id) ~= "string" or spec.id == "" then
+      return nil, ("%s: item %d: 'id' must be a non-empty string"):format(path, i)
+    end
+    local cmd = spec.cmd
+    if type(cmd) ~= "string" and type(cmd) ~= "table" then
+      return nil, ("%s: child '%s': 'cmd' must be a string or a list of strings"):format(path, spec.id)
+    end
+  end
+  return true
+end
+
+function validators.policy(value, path)
+  if type(value) == "function" then return true end
+  if type(value) == "table" and type(value.place) == "function" then return true end
+  return nil, ("%s: a placement policy must return a function or a table with a 'place' function, got %s")
+    :format(path, type(value))
+end
+
+function validators.hooks(value, path)
+  if type(value) ~= "table" then
+    return nil, ("%s: a hooks file must return a table of functions, got %s"):format(path, type(value))
+  end
+  for k, v in pairs(value) do
+    if not M.HOOKS[k] then
+      return nil, ("%s: unknown hook '%s'"):format(path, tostring(k))
+    end
+    if type(v) ~= "function" then
+      return nil, ("%s: hook '%s' must be a function, got %s"):format(path, k, type(v))
+    end
+  end
+  return true
+end
+
+--- Guesses what a file is from what it returns.
+function M.guess(value)
+  if type(value) == "function" then return "policy" end
+  if type(value) ~= "table" then return "config" end
+  if value.id ~= nil or value.cmd ~= nil or type(value[1]) == "table" then return "spec" end
+  if type(value.place) == "function" then return "policy" end
+  for k, v in pairs(value) do
+    if type(k) == "string" and k:match("^on_") and type(v) == "function" then return "hooks" end
+  end
+  return "config"
+end
+
+--- Checks one file. Returns kind | nil, message.
+function M.file(path, kind)
+  if kind and not validators[kind] then
+    return nil, ("unknown kind '%s' (config, spec, policy, hooks)"):format(kind)
+  end
+  local ok, value, src = sandbox.load(path, { budget = 1, env = { pogo = require "pogo" } })
+  if not ok then return nil, value end
+  kind = kind or M.guess(value)
+  local vok, verr = validators[kind](value, path, src)
+  if not vok then return nil, verr end
+  return kind
+end
+
+--- Expands directories into their *.lua files, sorted.
+local function expand(paths)
+  local files = {}
+  for _, p in ipairs(paths) do
+    local st = sys.stat(p)
+    if st and st.type == "directory" then
+      for _, name in ipairs(sys.dir(p) or {}) do
+        if name:match("%.lua$") then files[#files + 1] = { p .. "/" .. name, "spec" } end
+      end
+    else
+      files[#files + 1] = { p }
+    end
+  end
+  return files
+end
+
+--- `pogo check`: one line per file; 0 if all are valid, else 1.
+function M.main(paths, kind, out, err)
+  local failed = 0
+  for _, f in ipairs(expand(paths)) do
+    local k, msg = M.file(f[1], kind or f[2])
+    if k then
+      out(("ok %s (%s)\n"):format(f[1], k))
+    else
+      err(msg, "\n")
+      failed = failed + 1
+    end
+  end
+  return failed == 0 and 0 or 1
+end
+
+return M

@@ -1,0 +1,244 @@
+-- pogo.cli: the command line. Every subcommand is one entry of COMMANDS
+-- with its usage, options and a run function returning the exit status:
+-- 0 done, 1 failed, 2 bad usage.
+
+local M = {}
+
+local PROG = "pogo"
+
+local SOCKET_OPT = { "s", "socket", arg = "SOCKET",
+  help = "the agent's control socket (default: $POGO_SOCKET, else the one socket in the run directory)" }
+
+local COMMANDS, ORDER = {}, {}
+
+local function command(name, def)
+  def.name = name
+  COMMANDS[name] = def
+  ORDER[#ORDER + 1] = name
+end
+
+-- Output ----------------------------------------------------------------------
+
+local function out(...) io.stdout:write(...) end
+local function err(...) io.stderr:write(...) end
+
+local function usage_error(cmd, msg)
+  err(PROG, cmd and " " .. cmd.name or "", ": ", msg, "\n")
+  if cmd then
+    err("usage: ", cmd.usage, "\n")
+    err("Try 'pogo ", cmd.name, " --help' for more.\n")
+  else
+    err("Try 'pogo --help' for more.\n")
+  end
+  return 2
+end
+
+local function command_help(cmd)
+  local lines = { "usage: " .. cmd.usage, "", cmd.summary }
+  if cmd.details then lines[#lines + 1] = ""; lines[#lines + 1] = cmd.details end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "options:"
+  local opts = {}
+  for _, o in ipairs(cmd.options or {}) do opts[#opts + 1] = o end
+  opts[#opts + 1] = { "h", "help", help = "show this help" }
+  for _, o in ipairs(opts) do
+    local flag = (o[1] and "-" .. o[1] .. ", " or "    ") .. "--" .. o[2]
+    if o.arg then flag = flag .. " " .. o.arg end
+    lines[#lines + 1] = ("  %-26s %s"):format(flag, o.help)
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+local function main_help()
+  local lines = {
+    "pogo - a distributed supervisor for OS processes",
+    "",
+    "usage: pogo COMMAND [OPTIONS] [ARGS]",
+    "",
+    "commands:",
+  }
+  for _, name in ipairs(ORDER) do
+    lines[#lines + 1] = ("  %-10s %s"):format(name, COMMANDS[name].summary)
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "Run 'pogo COMMAND --help' for the options of a command."
+  lines[#lines + 1] = "Commands that talk to an agent take -s SOCKET (default: $POGO_SOCKET)."
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- Option parsing: -x VAL, -xVAL, --long VAL, --long=VAL, flags, "--" ----------
+
+--- Returns opts, positional | nil, message.
+function M.parse(cmd, args)
+  local by_short, by_long = {}, {}
+  for _, o in ipairs(cmd.options or {}) do
+    if o[1] then by_short[o[1]] = o end
+    by_long[o[2]] = o
+  end
+  by_short.h = { "h", "help" }
+  by_long.help = by_short.h
+  local opts, pos = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local o, val
+    if a == "--" then
+      for j = i + 1, #args do pos[#pos + 1] = args[j] end
+      break
+    elseif a:sub(1, 2) == "--" then
+      local name, v = a:match("^%-%-([^=]+)=(.*)$")
+      name = name or a:sub(3)
+      o, val = by_long[name], v
+      if not o then return nil, ("unknown option '--%s'"):format(name) end
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      o = by_short[a:sub(2, 2)]
+      if not o then return nil, ("unknown option '%s'"):format(a:sub(1, 2)) end
+      if #a > 2 then
+        if not o.arg then return nil, ("option '-%s' takes no value"):format(o[1]) end
+        val = a:sub(3)
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    if o then
+      if o.arg and val == nil then
+        i = i + 1
+        val = args[i]
+        if val == nil then return nil, ("option '--%s' needs a value (%s)"):format(o[2], o.arg) end
+      elseif not o.arg and val ~= nil then
+        return nil, ("option '--%s' takes no value"):format(o[2])
+      end
+      opts[o[2]] = o.arg and val or true
+    end
+    i = i + 1
+  end
+  return opts, pos
+end
+
+-- Talking to an agent -----------------------------------------------------------
+
+--- The socket to use: -s, then $POGO_SOCKET, then the only *.sock in the
+--- default run directory. Returns path | nil, message.
+function M.socket_path(opts)
+  if opts.socket then return opts.socket end
+  local env = os.getenv("POGO_SOCKET")
+  if env and env ~= "" then return env end
+  local dir = require("pogo.config").default_run_dir()
+  local names = require("pogo.core.sys").dir(dir) or {}
+  local socks = {}
+  for _, n in ipairs(names) do
+    if n:match("%.sock$") then socks[#socks + 1] = dir .. "/" .. n end
+  end
+  if #socks == 1 then return socks[1] end
+  if #socks == 0 then
+    return nil, ("no agent socket found in %s; is an agent running? (use -s SOCKET or POGO_SOCKET)"):format(dir)
+  end
+  return nil, ("several agents in %s (%s); choose one with -s SOCKET"):format(dir, table.concat(socks, ", "))
+end
+
+--- Sends one request and waits for its answer. Returns response | nil, err.
+function M.request(opts, req, timeout)
+  local path, perr = M.socket_path(opts)
+  if not path then return nil, perr end
+  local client, cerr = require("pogo.core.control").connect(path)
+  if not client then return nil, "cannot reach the agent: " .. cerr end
+  local ok, serr = client:send(req)
+  if not ok then client:close(); return nil, "cannot reach the agent: " .. serr end
+  local resp, rerr = client:recv(timeout)
+  client:close()
+  if not resp then return nil, rerr end
+  return resp
+end
+
+-- Commands ------------------------------------------------------------------------
+
+command("agent", {
+  usage = "pogo agent -c FILE",
+  summary = "run an agent with the node config FILE",
+  details = "Runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.",
+  options = { { "c", "config", arg = "FILE", help = "the node config (a Lua file returning a table)" } },
+  run = function(opts, args)
+    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
+    if not opts.config then return nil, "missing -c FILE" end
+    return require("pogo.agent").run(opts.config)
+  end,
+})
+
+command("check", {
+  usage = "pogo check [--as KIND] FILE|DIR...",
+  summary = "validate config, child spec, policy and hook files without running them",
+  details = "KIND is config, spec, policy or hooks; without --as it is guessed from what the\n"
+    .. "file returns. A directory is checked as a directory of child specs (*.lua).",
+  options = { { nil, "as", arg = "KIND", help = "check every file as KIND" } },
+  run = function(opts, args)
+    if #args == 0 then return nil, "missing FILE" end
+    return require("pogo.check").main(args, opts.as, out, err)
+  end,
+})
+
+command("eval", {
+  usage = "pogo eval [-s SOCKET] [--json] [-t DURATION] CODE",
+  summary = "run Lua code inside an agent and print the results",
+  details = "CODE is an expression or statements; '-' reads it from standard input.\n"
+    .. "Errors go to standard error and the exit status is 1.",
+  options = {
+    SOCKET_OPT,
+    { "j", "json", help = "print the results as JSON" },
+    { "t", "timeout", arg = "DURATION", help = "the code's time budget (default: eval_budget of the agent)" },
+    { "v", "verbose", help = "print the traceback of an error" },
+  },
+  run = function(opts, args)
+    if #args == 0 then return nil, "missing CODE" end
+    local code = table.concat(args, " ")
+    if code == "-" then code = io.stdin:read("a") end
+    local budget
+    if opts.timeout then
+      local e
+      budget, e = require("pogo.grammar").duration(opts.timeout)
+      if not budget then return nil, "--timeout " .. e end
+    end
+    local resp, rerr = M.request(opts, { op = "eval", code = code, json = opts.json or nil, budget = budget })
+    if not resp then err("pogo eval: ", rerr, "\n"); return 1 end
+    if resp.printed then out(resp.printed) end
+    if not resp.ok then
+      err(opts.verbose and resp.traceback or resp.error, "\n")
+      return 1
+    end
+    if resp.out then out(resp.out, "\n") end
+    return 0
+  end,
+})
+
+command("version", {
+  usage = "pogo version",
+  summary = "print the version of pogo",
+  run = function()
+    out("pogo ", require("pogo.core.runtime").version, "\n")
+    return 0
+  end,
+})
+
+--- Entry point from main.c: args is the command line without argv[0].
+function M.main(args)
+  local name = args[1]
+  if name == nil then err(main_help()); return 2 end
+  if name == "-h" or name == "--help" or name == "help" then
+    local topic = args[2] and COMMANDS[args[2]]
+    out(topic and command_help(topic) or main_help())
+    return 0
+  end
+  if name == "--version" then name = "version" end
+  local cmd = COMMANDS[name]
+  if not cmd then return usage_error(nil, ("unknown command '%s'"):format(name)) end
+  local rest = table.move(args, 2, #args, 1, {})
+  local opts, pos = M.parse(cmd, rest)
+  if not opts then return usage_error(cmd, pos) end
+  if opts.help then out(command_help(cmd)); return 0 end
+  local status, msg = cmd.run(opts, pos)
+  if status == nil then return usage_error(cmd, msg) end
+  return status
+end
+
+M.COMMANDS = COMMANDS
+
+return M

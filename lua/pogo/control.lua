@@ -1,0 +1,107 @@
+-- pogo.control: what the agent answers on its control socket.
+--
+-- A request is a map with an `op`; the answer is a map with `ok` and either
+-- the results or an `error`. Each connection has a session: the globals a
+-- client defines with `eval` live there, not in the agent, and vanish when
+-- it disconnects.
+
+local runtime = require "pogo.core.runtime"
+local pretty = require "pogo.pretty"
+
+local M = {}
+
+M.ops = {}
+local sessions = {}     -- conn.id -> environment
+
+-- Set by the agent: the current node config and the `pogo` API table.
+M.agent = { config = {}, pogo = {} }
+
+local function session(conn)
+  local env = sessions[conn.id]
+  if not env then
+    local shell = setmetatable({ pogo = M.agent.pogo }, { __index = _G })
+    env = setmetatable({}, { __index = shell })
+    sessions[conn.id] = env
+  end
+  return env
+end
+
+--- Compiles code as an expression if it is one, else as statements.
+function M.compile(code, env)
+  local fn = load("return " .. code, "=eval", "t", env)
+  if fn then return fn end
+  return load(code, "=eval", "t", env)
+end
+
+local function encode_json(values, n)
+  local ok, cjson = pcall(require, "cjson")
+  if not ok then return nil, "JSON output needs lua-cjson" end
+  local v = values[1]
+  if n ~= 1 then
+    v = {}
+    for i = 1, n do v[i] = values[i] == nil and cjson.null or values[i] end
+  end
+  local okj, out = pcall(cjson.encode, v)
+  if not okj then return nil, "cannot encode as JSON: " .. tostring(out) end
+  return out
+end
+
+-- eval{code=, json=, budget=} -> {ok, out, printed} | {ok=false, error, traceback}
+function M.ops.eval(conn, req)
+  if type(req.code) ~= "string" then
+    return { ok = false, error = "eval: 'code' must be a string" }
+  end
+  local env = session(conn)
+  local printed = {}
+  rawset(env, "print", function(...)
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+    printed[#printed + 1] = table.concat(parts, "\t", 1, parts.n)
+  end)
+  local fn, err = M.compile(req.code, env)
+  if not fn then return { ok = false, error = err } end
+  local budget = tonumber(req.budget) or M.agent.config.eval_budget or 5
+  local res = table.pack(runtime.call(budget, fn))
+  rawset(env, "print", nil)
+  local out_printed = #printed > 0 and table.concat(printed, "\n") .. "\n" or nil
+  if not res[1] then
+    local msg = tostring(res[2])
+    return {
+      ok = false,
+      error = msg:match("^[^\n]*"),
+      traceback = msg,
+      printed = out_printed,
+    }
+  end
+  local n = res.n - 1
+  local values = table.pack(table.unpack(res, 2, res.n))
+  local out
+  if req.json then
+    out, err = encode_json(values, n)
+    if not out then return { ok = false, error = err, printed = out_printed } end
+  elseif n > 0 then
+    out = pretty.values(table.unpack(values, 1, n))
+  end
+  return { ok = true, n = n, out = out, printed = out_printed }
+end
+
+function M.ops.ping()
+  local cfg = M.agent.config
+  return { ok = true, node = cfg.name, version = runtime.version, pid = require("pogo.core.sys").pid() }
+end
+
+--- The control server's request callback.
+function M.handle(conn, req)
+  local op = M.ops[req.op]
+  if not op then
+    return { ok = false, error = ("unknown request '%s'"):format(tostring(req.op)) }
+  end
+  return op(conn, req)
+end
+
+--- The control server's close callback.
+function M.closed(conn)
+  sessions[conn.id] = nil
+end
+
+return M

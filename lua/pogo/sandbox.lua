@@ -1,0 +1,96 @@
+-- pogo.sandbox: loading user files (config, specs, policy, hooks).
+--
+-- A user file is a text chunk named after its path, run in an environment
+-- of its own under the runtime's budget. Reading a global that does not
+-- exist is an error naming the file and line, not a silent nil.
+
+local runtime = require "pogo.core.runtime"
+
+local M = {}
+
+M.MAX_FILE_SIZE = 4 * 1024 * 1024
+
+-- What user files may use. No io, no os.execute, no require, no load:
+-- a config is data, and hooks reach the world through pogo.*.
+local SAFE = {
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "select",
+  "tonumber", "tostring", "type", "xpcall", "rawequal", "rawget", "rawlen",
+  "rawset", "setmetatable", "getmetatable", "_VERSION",
+}
+local SAFE_LIBS = { "string", "table", "math", "utf8" }
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+--- The base environment for user files: safe globals plus `extra`.
+function M.base(extra)
+  local env = {}
+  for _, name in ipairs(SAFE) do env[name] = _G[name] end
+  for _, name in ipairs(SAFE_LIBS) do env[name] = copy(_G[name]) end
+  env.os = { getenv = os.getenv, time = os.time, clock = os.clock, date = os.date }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+--- A fresh environment whose reads fall back to `base` and fail loudly.
+function M.strict(base)
+  return setmetatable({}, {
+    __index = function(_, name)
+      local v = base[name]
+      if v == nil then
+        -- Level 2: blame the line of user code that read the global.
+        error(("undefined global '%s'"):format(tostring(name)), 2)
+      end
+      return v
+    end,
+  })
+end
+
+--- Reads a whole file, refusing what cannot be a Lua source we want.
+function M.read(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local src = f:read(M.MAX_FILE_SIZE + 1)
+  f:close()
+  if src == nil then return "" end
+  if #src > M.MAX_FILE_SIZE then
+    return nil, ("%s: larger than %d bytes"):format(path, M.MAX_FILE_SIZE)
+  end
+  return src
+end
+
+local function first_line(msg)
+  return (tostring(msg):match("^[^\n]*"))
+end
+
+--- Compiles and runs `src` as the chunk `path` in `env` under `budget`
+--- seconds. Returns true, value | nil, message, traceback.
+function M.run(src, path, env, budget)
+  if src:sub(1, 1) == "\27" then
+    return nil, path .. ": binary chunks are not accepted"
+  end
+  local chunk, err = load(src, "@" .. path, "t", env)
+  if not chunk then return nil, err end
+  local res = table.pack(runtime.call(budget, chunk))
+  if not res[1] then
+    return nil, first_line(res[2]), res[2]
+  end
+  return true, res[2]
+end
+
+--- Loads the file at path: M.read + M.run with a strict environment over
+--- M.base(extra). Returns true, value, source | nil, message, traceback.
+function M.load(path, opts)
+  opts = opts or {}
+  local src, err = M.read(path)
+  if not src then return nil, err end
+  local env = M.strict(M.base(opts.env))
+  local ok, value, tb = M.run(src, path, env, opts.budget)
+  if not ok then return nil, value, tb end
+  return true, value, src
+end
+
+return M

@@ -1,0 +1,270 @@
+/*
+ * lua_loop.c - pogo.core.loop: the agent's one libev loop, seen from Lua.
+ *
+ * Timers, signals and file watches are full userdata handles. A started
+ * watcher is anchored in the registry so the GC cannot free memory libev
+ * still points to; stopping or closing it drops the anchor, and __gc /
+ * __close stop it if the script forgot to.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pogo.h"
+
+enum watcher_kind { W_TIMER, W_SIGNAL, W_STAT };
+
+static const char *const type_names[] = {"pogo.timer", "pogo.signal",
+                                          "pogo.watch"};
+
+struct watcher {
+    union {
+        ev_watcher any;
+        ev_timer timer;
+        ev_signal signal;
+        ev_stat stat;
+    } w;
+    enum watcher_kind kind;
+    lua_State *L;
+    int callback;     /* registry ref of the Lua function, or LUA_NOREF */
+    int anchor;       /* registry ref of the userdata while started */
+    char *path;       /* W_STAT: libev keeps a pointer to it; owned */
+};
+
+static struct watcher *check_watcher(lua_State *L, int idx)
+{
+    for (int k = W_TIMER; k <= W_STAT; k++) {
+        struct watcher *w = luaL_testudata(L, idx, type_names[k]);
+        if (w)
+            return w;
+    }
+    luaL_typeerror(L, idx, "pogo watcher");
+    return NULL;
+}
+
+static void watcher_stop(struct watcher *w)
+{
+    struct ev_loop *loop = luart_loop(w->L);
+    switch (w->kind) {
+    case W_TIMER: ev_timer_stop(loop, &w->w.timer); break;
+    case W_SIGNAL: ev_signal_stop(loop, &w->w.signal); break;
+    case W_STAT: ev_stat_stop(loop, &w->w.stat); break;
+    }
+    luart_unref(w->L, &w->anchor);
+}
+
+static void watcher_start(lua_State *L, struct watcher *w, int idx)
+{
+    struct ev_loop *loop = luart_loop(L);
+    switch (w->kind) {
+    case W_TIMER: ev_timer_start(loop, &w->w.timer); break;
+    case W_SIGNAL: ev_signal_start(loop, &w->w.signal); break;
+    case W_STAT: ev_stat_start(loop, &w->w.stat); break;
+    }
+    if (w->anchor == LUA_NOREF)
+        w->anchor = luart_ref(L, idx);
+}
+
+/* Every libev callback of this file: run the Lua callback with the handle. */
+static void on_event(struct ev_loop *loop, ev_watcher *ew, int revents)
+{
+    (void)loop; (void)revents;
+    struct watcher *w = (struct watcher *)ew;
+    lua_State *L = w->L;
+    if (w->kind == W_TIMER && w->w.timer.repeat == 0)
+        luart_unref(L, &w->anchor);     /* one-shot timers stop by themselves */
+    if (w->callback == LUA_NOREF)
+        return;
+    luart_push_ref(L, w->callback);
+    luart_call(L, 0, 0, type_names[w->kind]);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    on_event(loop, (ev_watcher *)w, revents);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    on_event(loop, (ev_watcher *)w, revents);
+}
+
+static void on_stat(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    on_event(loop, (ev_watcher *)w, revents);
+}
+
+/* A handle in a safe closed state, before anything is started. [-0, +1, m] */
+static struct watcher *new_watcher(lua_State *L, enum watcher_kind kind,
+                                   int fn_idx)
+{
+    luaL_checktype(L, fn_idx, LUA_TFUNCTION);
+    struct watcher *w = lua_newuserdatauv(L, sizeof *w, 0);
+    memset(w, 0, sizeof *w);
+    w->kind = kind;
+    w->L = L;
+    w->callback = LUA_NOREF;
+    w->anchor = LUA_NOREF;
+    luaL_setmetatable(L, type_names[kind]);
+    w->callback = luart_ref(L, fn_idx);
+    return w;
+}
+
+/* timer(after, repeat, fn) -> timer, started. Seconds; repeat 0: once. */
+static int l_timer(lua_State *L)
+{
+    double after = luaL_checknumber(L, 1);
+    double repeat = luaL_optnumber(L, 2, 0);
+    luaL_argcheck(L, after >= 0, 1, "negative delay");
+    luaL_argcheck(L, repeat >= 0, 2, "negative repeat");
+    struct watcher *w = new_watcher(L, W_TIMER, 3);
+    ev_timer_init(&w->w.timer, on_timer, after, repeat);
+    watcher_start(L, w, -1);
+    return 1;
+}
+
+/* timer:again(after[, repeat]): restart from now. */
+static int l_timer_again(lua_State *L)
+{
+    struct watcher *w = luaL_checkudata(L, 1, "pogo.timer");
+    double after = luaL_checknumber(L, 2);
+    double repeat = luaL_optnumber(L, 3, w->w.timer.repeat);
+    ev_timer_stop(luart_loop(L), &w->w.timer);
+    ev_timer_set(&w->w.timer, after, repeat);
+    watcher_start(L, w, 1);
+    return 0;
+}
+
+static int signal_number(lua_State *L, int idx)
+{
+    static const struct { const char *name; int no; } sigs[] = {
+        {"TERM", SIGTERM}, {"INT", SIGINT}, {"HUP", SIGHUP},
+        {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"QUIT", SIGQUIT},
+        {"CHLD", SIGCHLD}, {"WINCH", SIGWINCH},
+    };
+    if (lua_type(L, idx) == LUA_TNUMBER)
+        return (int)luaL_checkinteger(L, idx);
+    const char *name = luaL_checkstring(L, idx);
+    if (strncmp(name, "SIG", 3) == 0)
+        name += 3;
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        if (strcmp(name, sigs[i].name) == 0)
+            return sigs[i].no;
+    return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
+}
+
+/* signal(name, fn) -> signal handle, started. fn runs inside the loop. */
+static int l_signal(lua_State *L)
+{
+    int signo = signal_number(L, 1);
+    struct watcher *w = new_watcher(L, W_SIGNAL, 2);
+    ev_signal_init(&w->w.signal, on_signal, signo);
+    watcher_start(L, w, -1);
+    return 1;
+}
+
+/* watch(path, interval, fn) -> watch handle: fn runs when stat(path)
+ * changes (inotify where libev has it, else polled every interval). */
+static int l_watch(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    double interval = luaL_optnumber(L, 2, 0);
+    struct watcher *w = new_watcher(L, W_STAT, 3);
+    w->path = strdup(path);
+    if (w->path == NULL)
+        return luaL_error(L, "out of memory");
+    ev_stat_init(&w->w.stat, on_stat, w->path, interval);
+    watcher_start(L, w, -1);
+    return 1;
+}
+
+static int l_stop(lua_State *L)
+{
+    watcher_stop(check_watcher(L, 1));
+    return 0;
+}
+
+static int l_active(lua_State *L)
+{
+    lua_pushboolean(L, ev_is_active(&check_watcher(L, 1)->w.any));
+    return 1;
+}
+
+/* __gc and __close: stop, drop the callback, free what we own. */
+static int l_close(lua_State *L)
+{
+    struct watcher *w = check_watcher(L, 1);
+    if (w->L == NULL)
+        return 0;
+    watcher_stop(w);
+    luart_unref(L, &w->callback);
+    free(w->path);
+    w->path = NULL;
+    w->L = NULL;
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    struct watcher *w = check_watcher(L, 1);
+    lua_pushfstring(L, "%s (%s): %p", type_names[w->kind],
+                    w->L && ev_is_active(&w->w.any) ? "active" : "stopped", w);
+    return 1;
+}
+
+static int l_run(lua_State *L)
+{
+    ev_run(luart_loop(L), 0);
+    return 0;
+}
+
+static int l_break(lua_State *L)
+{
+    ev_break(luart_loop(L), EVBREAK_ALL);
+    return 0;
+}
+
+/* now() -> the loop's cached time (seconds, wall clock based). */
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, ev_now(luart_loop(L)));
+    return 1;
+}
+
+int luaopen_pogo_loop(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"stop", l_stop},
+        {"close", l_close},
+        {"active", l_active},
+        {NULL, NULL},
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", l_close},
+        {"__close", l_close},
+        {"__tostring", l_tostring},
+        {NULL, NULL},
+    };
+    for (int k = W_TIMER; k <= W_STAT; k++) {
+        luaL_newmetatable(L, type_names[k]);
+        luaL_setfuncs(L, meta, 0);
+        luaL_newlib(L, methods);
+        if (k == W_TIMER) {
+            lua_pushcfunction(L, l_timer_again);
+            lua_setfield(L, -2, "again");
+        }
+        lua_setfield(L, -2, "__index");
+        lua_pop(L, 1);
+    }
+    static const luaL_Reg fns[] = {
+        {"timer", l_timer},
+        {"signal", l_signal},
+        {"watch", l_watch},
+        {"run", l_run},
+        {"stop", l_break},
+        {"now", l_now},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, fns);
+    return 1;
+}

@@ -1,0 +1,97 @@
+# tests/e2e/lib.sh - helpers for end-to-end tests of real agents.
+#
+# A test is a function test_NAME in tests/e2e/test_*.sh. It runs in its own
+# bash process with a fresh $T directory; every agent it starts is killed
+# (SIGKILL if SIGTERM was not enough) and $T removed when it exits, pass or
+# fail. Helpers fail the test with a message naming what was expected.
+
+POGO=${POGO:-$(realpath ./pogo)}
+declare -A AGENT_PID=()
+
+fail() {
+  echo "FAILED: $*" >&2
+  for n in "${!AGENT_PID[@]}"; do
+    echo "--- log of agent $n:" >&2
+    tail -20 "$T/$n.log" >&2 2>/dev/null
+  done
+  exit 1
+}
+
+e2e_cleanup() {
+  for n in "${!AGENT_PID[@]}"; do
+    kill -TERM "${AGENT_PID[$n]}" 2>/dev/null
+  done
+  for n in "${!AGENT_PID[@]}"; do
+    local pid=${AGENT_PID[$n]} i
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  rm -rf "$T"
+}
+
+e2e_main() {
+  T=$(mktemp -d /tmp/pogo-e2e.XXXXXX)
+  trap e2e_cleanup EXIT
+  "$1"
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND... - poll until COMMAND succeeds.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s%N) + ${secs%.*} * 1000000000 ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $what"
+    sleep 0.02
+  done
+}
+
+# write_config NAME [LUA_FIELDS...] - $T/NAME.lua with sensible test values.
+write_config() {
+  local name=$1; shift
+  {
+    echo "return {"
+    echo "  name = \"$name\","
+    echo "  control = \"$T/$name.sock\","
+    for line in "$@"; do echo "  $line,"; done
+    echo "}"
+  } >"$T/$name.lua"
+}
+
+# start_agent NAME - run `pogo agent -c $T/NAME.lua` (written by
+# write_config if missing) and wait until it answers on its socket.
+start_agent() {
+  local name=$1
+  [ -f "$T/$name.lua" ] || write_config "$name"
+  "$POGO" agent -c "$T/$name.lua" >>"$T/$name.log" 2>&1 &
+  AGENT_PID[$name]=$!
+  wait_for 10 "agent $name answering on $T/$name.sock" "$POGO" eval -s "$T/$name.sock" 1
+}
+
+# stop_agent NAME [SIGNAL] - signal it and expect a clean exit (status 0;
+# under ASan a leak makes it non-zero).
+stop_agent() {
+  local name=$1 sig=${2:-TERM} pid=${AGENT_PID[$1]} rc
+  kill -"$sig" "$pid"
+  wait "$pid"; rc=$?
+  unset "AGENT_PID[$name]"
+  [ $rc -eq 0 ] || fail "agent $name exited with status $rc after SIG$sig"
+}
+
+agent_alive() { kill -0 "${AGENT_PID[$1]}" 2>/dev/null; }
+
+# ev NAME CODE - pogo eval against agent NAME; prints its stdout.
+ev() { "$POGO" eval -s "$T/$1.sock" "${@:2}"; }
+
+expect_eq() { # expect_eq EXPECTED ACTUAL [WHAT]
+  [ "$1" == "$2" ] || fail "${3:-value}: expected '$1', got '$2'"
+}
+
+expect_match() { # expect_match REGEX TEXT [WHAT]
+  [[ "$2" =~ $1 ]] || fail "${3:-text}: expected to match /$1/, got: $2"
+}
+
+expect_status() { # expect_status N COMMAND... - run it, compare exit status
+  local want=$1; shift
+  "$@"; local got=$?
+  [ "$got" -eq "$want" ] || fail "exit status of '$*': expected $want, got $got"
+}
