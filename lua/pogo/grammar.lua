@@ -43,7 +43,7 @@ local function run(patt, s)
   return caught(pcall(lpeg.match, patt, s))
 end
 
-local function describe(v)
+local function shown(v)
   local t = type(v)
   if t == "string" then return string.format("%q", v) end
   if t == "number" then return v ~= v and "NaN" or tostring(v) end
@@ -52,7 +52,7 @@ local function describe(v)
 end
 
 local function message(headline, input, detail)
-  local msg = headline .. ", got " .. describe(input)
+  local msg = headline .. ", got " .. shown(input)
   if detail then msg = msg .. ": " .. detail end
   return msg
 end
@@ -307,7 +307,7 @@ end
 -- the port is omitted; without it a port is required.
 function M.address(s, default_port)
   if default_port ~= nil then
-    local dp = math.tointeger(default_port)
+    local dp = type(default_port) == "number" and math.tointeger(default_port)
     if not dp or dp < 1 or dp > 65535 then
       error("address: default_port must be an integer from 1 to 65535", 2)
     end

@@ -20,6 +20,7 @@ static struct unit_test **unit_tail = &unit_head;
 /* State of the running test. */
 static struct {
     const char *name;
+    void (*fn)(void);
     int failures;
     jmp_buf abort;
 } unit_cur;
@@ -97,6 +98,18 @@ int unit_check_contains(const char *file, int line, int fatal,
                      hay ? hay : "(null)");
 }
 
+/* Runs one test; 1 if it passed. Nothing local lives across the setjmp, so
+ * a REQUIRE's longjmp cannot clobber it. */
+static int run_one(const struct unit_test *t)
+{
+    unit_cur.name = t->name;
+    unit_cur.fn = t->fn;
+    unit_cur.failures = 0;
+    if (setjmp(unit_cur.abort) == 0)
+        unit_cur.fn();
+    return unit_cur.failures == 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
@@ -105,11 +118,7 @@ int main(int argc, char **argv)
     for (struct unit_test *t = unit_head; t != NULL; t = t->next) {
         if (filter != NULL && strstr(t->name, filter) == NULL)
             continue;
-        unit_cur.name = t->name;
-        unit_cur.failures = 0;
-        if (setjmp(unit_cur.abort) == 0)
-            t->fn();
-        if (unit_cur.failures == 0) {
+        if (run_one(t)) {
             printf("ok   %s\n", t->name);
             passed++;
         } else {
