@@ -124,7 +124,8 @@ static void where_key(struct enc *e, int idx)
             n = snprintf(seg, sizeof seg, "[%lld]",
                          (long long)lua_tointeger(L, idx));
         else
-            n = snprintf(seg, sizeof seg, "[%.14g]", (double)lua_tonumber(L, idx));
+            n = snprintf(seg, sizeof seg, "[%.14g]",
+                         (double)lua_tonumber(L, idx));
         break;
     case LUA_TBOOLEAN:
         n = snprintf(seg, sizeof seg, "[%s]",
@@ -135,7 +136,8 @@ static void where_key(struct enc *e, int idx)
         break;
     }
     if (n > 0)
-        where_prepend(e, seg, (size_t)n < sizeof seg ? (size_t)n : sizeof seg - 1);
+        where_prepend(e, seg,
+                      (size_t)n < sizeof seg ? (size_t)n : sizeof seg - 1);
 }
 
 /* Counts the entries of the table at idx and says whether its keys are
@@ -416,7 +418,8 @@ static int dec_key(struct dec *d, int depth)
     unsigned c = *item;
     if (!(c <= 0x7f || c >= 0xe0 || (c >= 0xa0 && c <= 0xbf) || c == 0xc2 ||
           c == 0xc3 || (c >= 0xcc && c <= 0xd3) || (c >= 0xd9 && c <= 0xdb)))
-        return dec_fail(d, item, "map key must be a string, integer or boolean");
+        return dec_fail(d, item,
+                        "map key must be a string, integer or boolean");
     if (dec_value(d, depth) < 0)
         return -1;
     if (lua_type(d->L, -1) == LUA_TNUMBER && !lua_isinteger(d->L, -1)) {

@@ -131,7 +131,8 @@ int frame_put(struct buf *out, const void *body, size_t len)
         return -1;
     /* Reserve header and body together so a failure leaves out as it was,
      * never holding a header without its body. */
-    if (len > SIZE_MAX - FRAME_HEADER || buf_reserve(out, FRAME_HEADER + len) < 0)
+    if (len > SIZE_MAX - FRAME_HEADER ||
+        buf_reserve(out, FRAME_HEADER + len) < 0)
         return -1;
 
     unsigned char h[FRAME_HEADER] = {

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <ev.h>
 #include <lua.h>
@@ -79,6 +80,7 @@ int luaopen_pogo_loop(lua_State *L);      /* lua_loop.c */
 int luaopen_pogo_sys(lua_State *L);       /* lua_sys.c */
 int luaopen_pogo_control(lua_State *L);   /* lua_control.c */
 int luaopen_pogo_codec(lua_State *L);     /* codec.c */
+int luaopen_pogo_proc(lua_State *L);      /* lua_proc.c */
 
 /* ---- frame.c: length-prefixed frames over a byte stream -------------------- */
 
@@ -98,17 +100,22 @@ void buf_free(struct buf *b);
 int buf_append(struct buf *b, const void *p, size_t n);
 /* Unconsumed bytes. */
 static inline size_t buf_avail(const struct buf *b) { return b->len - b->off; }
-static inline char *buf_head(const struct buf *b) { return b->data + b->off; }
+static inline char *buf_head(const struct buf *b)
+{
+    return b->data ? b->data + b->off : NULL;
+}
 void buf_consume(struct buf *b, size_t n);
 
 enum frame_status { FRAME_NEED_MORE, FRAME_READY, FRAME_TOO_BIG };
 
 /* Looks for one complete frame at the head of b. On FRAME_READY, *body
- * points into b and *len is its length; call buf_consume(b, FRAME_HEADER +
- * *len) once done with it. A body longer than max is FRAME_TOO_BIG. */
+ * points into b (valid until the next append to b) and *len is its length;
+ * call buf_consume(b, FRAME_HEADER + *len) once done with it. A body longer
+ * than max is FRAME_TOO_BIG, decided from the header alone. */
 enum frame_status frame_next(struct buf *b, size_t max, const char **body,
                              size_t *len);
-/* Appends header and body to out; 0 or -1 on OOM. */
+/* Appends header and body to out, all or nothing; -1 on OOM or a body
+ * over 4 GiB. */
 int frame_put(struct buf *out, const void *body, size_t len);
 
 /* ---- codec.c: Lua values <-> MessagePack --------------------------------- */
@@ -119,7 +126,8 @@ int frame_put(struct buf *out, const void *body, size_t len);
  * whose keys are exactly 1..n is an array, any other table a map; an empty
  * table is an empty map. Functions, userdata, threads, cycles and nesting
  * deeper than CODEC_MAX_DEPTH are refused. Returns 0 and appends to out, or
- * -1 with a message in err (out may hold a partial value). [-0, +0, m] */
+ * -1 with a message in err (out may hold a partial value). Never raises.
+ * [-0, +0, -] */
 int codec_encode(lua_State *L, int idx, struct buf *out, char *err,
                  size_t errlen);
 /* Unpacks exactly one value from data; pushes it and returns 0, or pushes
@@ -132,5 +140,26 @@ int codec_decode(lua_State *L, const char *data, size_t len, char *err,
 /* ---- lua_control.c ---------------------------------------------------------- */
 
 #define CONTROL_MAX_FRAME (16u << 20)
+
+/* ---- watchdog.c: no process started by the agent outlives it ----------- */
+
+/* A separate process, forked before any child, that holds the list of the
+ * agent's process groups. When the agent dies for any reason (kill -9
+ * included) the watchdog sees its pipe close, SIGKILLs every group it holds
+ * and every process still carrying this agent's POGO_AGENT marker in its
+ * environment, then exits. */
+
+/* Forks the watchdog. Returns 0, or -1 with errno. Idempotent. */
+int watchdog_start(void);
+/* The env marker every child carries: "POGO_AGENT=<pid>.<start ns>". */
+const char *watchdog_marker(void);
+/* Adds / removes a process group; no-ops when the watchdog is not running.
+ * Never blocks the loop (the pipe is non-blocking; a full pipe is logged). */
+void watchdog_track(pid_t pgid);
+void watchdog_untrack(pid_t pgid);
+/* Clean shutdown: the watchdog exits without killing anything. */
+void watchdog_stop(void);
+/* The watchdog's pid, or 0. */
+pid_t watchdog_pid(void);
 
 #endif

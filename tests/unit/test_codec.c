@@ -455,7 +455,8 @@ TEST(codec_refuses_bad_keys)
                        "cannot encode a table key of type table"));
     CHECK(refused_with(L, "{[print] = 1}",
                        "cannot encode a table key of type function"));
-    CHECK(refused_with(L, "{[1.5] = 1}", "cannot encode a float table key (1.5)"));
+    CHECK(refused_with(L, "{[1.5] = 1}",
+                       "cannot encode a float table key (1.5)"));
     CHECK(refused_with(L, "{a = {[math.huge] = 1}}",
                        "cannot encode a float table key (inf) (at key 'a')"));
     lua_close(L);
