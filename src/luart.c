@@ -7,6 +7,7 @@
  * until the guarded call returns, so user code cannot swallow the error
  * with pcall and keep looping.
  */
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -78,6 +79,10 @@ int luart_call(lua_State *L, int nargs, int nres, const char *what)
         log_error("lua", "%s: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+#ifdef POGO_DEBUG
+    /* Every callback leaves the stack as it found it, bar its results. */
+    assert(nres < 0 || lua_gettop(L) == base - 1 + (rc == LUA_OK ? nres : 0));
+#endif
     return rc;
 }
 
