@@ -158,6 +158,23 @@ static int l_unlink(lua_State *L)
     return 1;
 }
 
+extern char **environ;
+
+/* environ() -> map of the agent's environment */
+static int l_environ(lua_State *L)
+{
+    lua_newtable(L);
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (eq == NULL || eq == *e)
+            continue;
+        lua_pushlstring(L, *e, (size_t)(eq - *e));
+        lua_pushstring(L, eq + 1);
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
 static int l_isatty(lua_State *L)
 {
     lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -177,6 +194,7 @@ int luaopen_pogo_sys(lua_State *L)
         {"mkdir", l_mkdir},
         {"unlink", l_unlink},
         {"isatty", l_isatty},
+        {"environ", l_environ},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

@@ -81,6 +81,8 @@ int luaopen_pogo_sys(lua_State *L);       /* lua_sys.c */
 int luaopen_pogo_control(lua_State *L);   /* lua_control.c */
 int luaopen_pogo_codec(lua_State *L);     /* codec.c */
 int luaopen_pogo_proc(lua_State *L);      /* lua_proc.c */
+int luaopen_pogo_net(lua_State *L);       /* lua_net.c */
+int luaopen_pogo_fswatch(lua_State *L);   /* lua_fswatch.c */
 
 /* ---- frame.c: length-prefixed frames over a byte stream -------------------- */
 

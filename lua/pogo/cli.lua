@@ -209,6 +209,143 @@ command("eval", {
   end,
 })
 
+-- Children ----------------------------------------------------------------------
+
+local function fmt_uptime(secs)
+  if not secs then return "-" end
+  return require("pogo.grammar").format_duration(math.floor(secs * 10) / 10)
+end
+
+--- The `pogo ps` table.
+function M.ps_table(rows)
+  local lines = { { "ID", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT" } }
+  for _, r in ipairs(rows) do
+    lines[#lines + 1] = {
+      r.id, r.state, r.pid and tostring(r.pid) or "-", fmt_uptime(r.uptime),
+      tostring(r.restarts or 0), r.last_exit or "-",
+    }
+  end
+  local widths = {}
+  for _, l in ipairs(lines) do
+    for i, cell in ipairs(l) do widths[i] = math.max(widths[i] or 0, #cell) end
+  end
+  local out = {}
+  for _, l in ipairs(lines) do
+    local cells = {}
+    for i, cell in ipairs(l) do
+      cells[i] = i < #l and cell .. (" "):rep(widths[i] - #cell) or cell
+    end
+    out[#out + 1] = table.concat(cells, "  ")
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function simple(req, opts, on_ok)
+  local resp, rerr = M.request(opts, req)
+  if not resp then err("pogo ", req.op, ": ", rerr, "\n") return 1 end
+  if not resp.ok then err("pogo ", req.op, ": ", resp.error, "\n") return 1 end
+  if on_ok then on_ok(resp) end
+  return 0
+end
+
+local function to_json(v)
+  local ok, cjson = pcall(require, "cjson")
+  if not ok then return nil, "JSON output needs lua-cjson" end
+  return cjson.encode(v)
+end
+
+command("ps", {
+  usage = "pogo ps [-s SOCKET] [--json]",
+  summary = "list the children of an agent: state, pid, uptime, restarts, last exit",
+  options = { SOCKET_OPT, { "j", "json", help = "print JSON" } },
+  run = function(opts, args)
+    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
+    return simple({ op = "ps" }, opts, function(resp)
+      if opts.json then
+        local j = assert(to_json(resp.children))
+        out((j == "{}" and "[]" or j), "\n")
+      else
+        out(M.ps_table(resp.children))
+      end
+    end)
+  end,
+})
+
+command("start", {
+  usage = "pogo start [-s SOCKET] ID | --file SPEC",
+  summary = "start a stopped child, or the children of a spec file",
+  options = { SOCKET_OPT, { "f", "file", arg = "SPEC", help = "a spec file to load and start" } },
+  run = function(opts, args)
+    if opts.file then
+      if #args > 0 then return nil, "give either ID or --file, not both" end
+      local path = require("pogo.core.sys").realpath(opts.file) or opts.file
+      return simple({ op = "start", file = path }, opts, function(resp)
+        out("started ", table.concat(resp.started, ", "), "\n")
+      end)
+    end
+    if #args ~= 1 then return nil, "give one child ID" end
+    return simple({ op = "start", id = args[1] }, opts)
+  end,
+})
+
+command("stop", {
+  usage = "pogo stop [-s SOCKET] ID",
+  summary = "stop a child (it stays stopped until started again)",
+  options = { SOCKET_OPT },
+  run = function(opts, args)
+    if #args ~= 1 then return nil, "give one child ID" end
+    return simple({ op = "stop", id = args[1] }, opts)
+  end,
+})
+
+command("restart", {
+  usage = "pogo restart [-s SOCKET] ID",
+  summary = "stop a child, then start it again",
+  options = { SOCKET_OPT },
+  run = function(opts, args)
+    if #args ~= 1 then return nil, "give one child ID" end
+    return simple({ op = "restart", id = args[1] }, opts)
+  end,
+})
+
+local function print_line(l)
+  local t = l.time or 0
+  local stamp = os.date("!%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor((t % 1) * 1000))
+  out(stamp, " ", l.stream, " ", l.text, "\n")
+end
+
+command("logs", {
+  usage = "pogo logs [-s SOCKET] [-n LINES] [-f] ID",
+  summary = "print the last lines of a child's output; -f follows new lines",
+  options = {
+    SOCKET_OPT,
+    { "n", "lines", arg = "LINES", help = "how many lines (default 20)" },
+    { "f", "follow", help = "keep printing new lines until interrupted" },
+  },
+  run = function(opts, args)
+    if #args ~= 1 then return nil, "give one child ID" end
+    local n = tonumber(opts.lines or 20)
+    if not n or n < 0 then return nil, "--lines must be a number" end
+    local path, perr = M.socket_path(opts)
+    if not path then err("pogo logs: ", perr, "\n") return 1 end
+    local client, cerr = require("pogo.core.control").connect(path)
+    if not client then err("pogo logs: cannot reach the agent: ", cerr, "\n") return 1 end
+    client:send { op = "logs", id = args[1], n = n, follow = opts.follow or nil }
+    local resp, rerr = client:recv()
+    if not resp then err("pogo logs: ", rerr, "\n") return 1 end
+    if not resp.ok then err("pogo logs: ", resp.error, "\n") return 1 end
+    for _, l in ipairs(resp.lines) do print_line(l) end
+    io.stdout:flush()
+    while opts.follow do
+      local msg = client:recv()
+      if not msg then break end
+      if msg.line then print_line(msg.line) io.stdout:flush() end
+    end
+    client:close()
+    return 0
+  end,
+})
+
 command("version", {
   usage = "pogo version",
   summary = "print the version of pogo",

@@ -20,6 +20,13 @@ function M.default_run_dir()
   return "/tmp/pogo-" .. sys.uid()
 end
 
+--- Where children's log files go: /var/log/pogo for root, else
+--- <run_dir>/logs.
+function M.default_log_dir(cfg)
+  if sys.uid() == 0 then return "/var/log/pogo/" .. cfg.name end
+  return cfg.run_dir .. "/logs/" .. cfg.name
+end
+
 local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
@@ -122,6 +129,7 @@ M.schema = {
   hooks       = { check.path, nil },
   run_dir     = { check.path, function() return M.default_run_dir() end },
   control     = { check.path, function(c) return c.run_dir .. "/" .. c.name .. ".sock" end },
+  log_dir     = { check.path, function(c) return M.default_log_dir(c) end },
   budget      = { check.duration, 0.25 },
   eval_budget = { check.duration, 5 },
   log         = { "table", function() return {} end },
@@ -135,7 +143,7 @@ M.log_schema = {
 -- Keys filled in an order where defaults can use earlier ones.
 local ORDER = {
   "name", "listen", "advertise", "seeds", "secret_file", "tags", "weight",
-  "children", "placement", "hooks", "run_dir", "control", "budget",
+  "children", "placement", "hooks", "run_dir", "control", "log_dir", "budget",
   "eval_budget", "log",
 }
 

@@ -90,6 +90,58 @@ function M.ops.ping()
   return { ok = true, node = cfg.name, version = runtime.version, pid = require("pogo.core.sys").pid() }
 end
 
+-- Children ------------------------------------------------------------------
+
+local function sup() return require "pogo.supervisor" end
+local followers = {}    -- conn.id -> { cancel functions }
+
+function M.ops.ps()
+  return { ok = true, children = sup().list() }
+end
+
+local function by_id(fn)
+  return function(_, req)
+    if type(req.id) ~= "string" then return { ok = false, error = "'id' must be a string" } end
+    local ok, err = fn(req.id)
+    if not ok then return { ok = false, error = err } end
+    return { ok = true, child = sup().get(req.id) }
+  end
+end
+
+M.ops.stop = by_id(function(id) return sup().stop(id) end)
+M.ops.restart = by_id(function(id) return sup().restart(id) end)
+
+function M.ops.start(conn, req)
+  if req.file then
+    local specs, err = require("pogo.spec").load_file(req.file, {
+      budget = M.agent.config.budget, env = { pogo = M.agent.pogo },
+    })
+    if not specs then return { ok = false, error = err } end
+    local ok, aerr = sup().add(specs)
+    if not ok then return { ok = false, error = aerr } end
+    local ids = {}
+    for i, s in ipairs(specs) do ids[i] = s.id end
+    return { ok = true, started = ids }
+  end
+  return by_id(function(id) return sup().start(id) end)(conn, req)
+end
+
+-- logs{id, n, follow}: the last n lines; with follow, then every new line
+-- as its own message until the client goes away.
+function M.ops.logs(conn, req)
+  if type(req.id) ~= "string" then return { ok = false, error = "'id' must be a string" } end
+  local lines, err = sup().logs(req.id, tonumber(req.n) or 20)
+  if not lines then return { ok = false, error = err } end
+  if req.follow then
+    local cancel = sup().follow(req.id, function(stream, text, time)
+      conn:send { line = { time = time, stream = stream, text = text } }
+    end)
+    followers[conn.id] = followers[conn.id] or {}
+    table.insert(followers[conn.id], cancel)
+  end
+  return { ok = true, lines = lines, follow = req.follow or nil }
+end
+
 --- The control server's request callback.
 function M.handle(conn, req)
   local op = M.ops[req.op]
@@ -102,6 +154,8 @@ end
 --- The control server's close callback.
 function M.closed(conn)
   sessions[conn.id] = nil
+  for _, cancel in ipairs(followers[conn.id] or {}) do cancel() end
+  followers[conn.id] = nil
 end
 
 return M
