@@ -77,6 +77,13 @@ build/asan/unit: $(ACORE_OBJS) $(AUNIT_OBJS)
 
 unit: build/unit
 
+# Small programs the end-to-end tests run as children.
+build/helpers/%: tests/helpers/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -o $@ $<
+
+HELPERS := $(patsubst tests/helpers/%.c,build/helpers/%,$(wildcard tests/helpers/*.c))
+
 # Installs only what is missing; silent when everything is there.
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -91,7 +98,7 @@ deps:
 
 # A sub-make, so pkg-config runs after deps has installed the .pc files.
 test: deps
-	@$(MAKE) --no-print-directory pogo build/unit asan
+	@$(MAKE) --no-print-directory pogo build/unit asan $(HELPERS)
 	@tests/run
 
 check: test
@@ -100,9 +107,38 @@ run: deps
 	@$(MAKE) --no-print-directory pogo
 	@examples/run
 
-bench: deps
+bench: deps bench-deps
 	@$(MAKE) --no-print-directory pogo
 	@bench/run
+
+# The peers bench/supervisors.sh compares against: supervisord, s6, runit
+# (Debian) and PM2 (npm, into bench/supervisors/node). Installs only what is
+# missing; the packages' own services are not started (a policy-rc.d is put
+# in place for the install if there is none). A failed install is reported
+# and that peer shows as n/a in the table.
+BENCH_DEB_PKGS := supervisor s6 runit
+.PHONY: bench-deps
+bench-deps:
+	@missing=$$(for p in $(BENCH_DEB_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	  done); \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make bench-deps: installing" $$missing; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  prc=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    prc=1; printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$sudo chmod 755 /usr/sbin/policy-rc.d; fi; \
+	  { $$sudo apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; } \
+	    || echo "make bench-deps: apt-get failed; missing peers will show as n/a"; \
+	  [ -z "$$prc" ] || $$sudo rm -f /usr/sbin/policy-rc.d; \
+	fi; \
+	if [ ! -x bench/supervisors/node/node_modules/.bin/pm2 ] && command -v npm >/dev/null; then \
+	  echo "make bench-deps: npm install pm2"; \
+	  npm install --prefix bench/supervisors/node --no-audit --no-fund --loglevel=error pm2 >/dev/null \
+	    || echo "make bench-deps: npm install pm2 failed; PM2 will show as n/a"; \
+	fi
 
 install: pogo
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/pogo/lua/pogo

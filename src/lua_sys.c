@@ -158,6 +158,16 @@ static int l_unlink(lua_State *L)
     return 1;
 }
 
+/* getpgid(pid) -> pgid | nil, err */
+static int l_getpgid(lua_State *L)
+{
+    pid_t pg = getpgid((pid_t)luaL_checkinteger(L, 1));
+    if (pg < 0)
+        return luart_oserror(L, errno, NULL);
+    lua_pushinteger(L, pg);
+    return 1;
+}
+
 extern char **environ;
 
 /* environ() -> map of the agent's environment */
@@ -195,6 +205,7 @@ int luaopen_pogo_sys(lua_State *L)
         {"unlink", l_unlink},
         {"isatty", l_isatty},
         {"environ", l_environ},
+        {"getpgid", l_getpgid},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

@@ -21,22 +21,17 @@ function validators.config(value, path, src)
   return true
 end
 
-function validators.spec(value, path)
-  if type(value) ~= "table" then
-    return nil, ("%s: a spec file must return a spec table or a list of them, got %s"):format(path, type(value))
-  end
-  local list = value[1] ~= nil and value or { value }
-  for i, spec in ipairs(list) do
-    if type(spec) ~= "table" then
-      return nil, ("%s: item %d must be a spec table, got %s"):format(path, i, type(spec))
+function validators.spec(value, path, src)
+  local spec = require "pogo.spec"
+  local list = type(value) == "table" and value[1] ~= nil and value or { value }
+  local seen = {}
+  for i, t in ipairs(list) do
+    local s, err = spec.normalise(t, { path = path, src = src, index = i })
+    if not s then return nil, err end
+    if seen[s.id] then
+      return nil, ("%s: child '%s' is defined twice"):format(path, s.id)
     end
-    if type(spec.id) ~= "string" or spec.id == "" then
-      return nil, ("%s: item %d: 'id' must be a non-empty string"):format(path, i)
-    end
-    local cmd = spec.cmd
-    if type(cmd) ~= "string" and type(cmd) ~= "table" then
-      return nil, ("%s: child '%s': 'cmd' must be a string or a list of strings"):format(path, spec.id)
-    end
+    seen[s.id] = true
   end
   return true
 end

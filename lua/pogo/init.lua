@@ -38,6 +38,36 @@ function M.cluster.nodes()
   return me and { me } or {}
 end
 
+-- Children: pogo.sup.* ---------------------------------------------------------
+
+local function sup() return require "pogo.supervisor" end
+
+M.sup = {}
+
+--- Every local child: { id, state, pid, uptime, restarts, last_exit, ... }.
+--- (global = true will list the whole cluster once the cluster layer is in.)
+function M.sup.children(opts)
+  return sup().list()
+end
+
+--- One child's view, or nil.
+function M.sup.child(id) return sup().get(id) end
+
+function M.sup.start(spec_or_id)
+  if type(spec_or_id) == "table" then
+    local spec, err = require("pogo.spec").normalise(spec_or_id, { path = "(pogo.sup.start)" })
+    if not spec then return nil, err end
+    return sup().add { spec }
+  end
+  return sup().start(spec_or_id)
+end
+
+function M.sup.stop(id) return sup().stop(id) end
+function M.sup.restart(id) return sup().restart(id) end
+
+--- The last n lines of a child's output.
+function M.sup.logs(id, n) return sup().logs(id, n) end
+
 --- The node config in force (a copy).
 function M.config()
   local cfg = require("pogo.agent").config

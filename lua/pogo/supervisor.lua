@@ -377,10 +377,9 @@ M.fire = fire
 local function on_notify(pid, fields)
   local e = by_pid[pid]
   if not e then
-    -- A descendant may send for the main process (MAINPID rules aside).
-    for _, cand in pairs(M.entries) do
-      if cand.handle and cand.handle:pgid() == pid then e = cand break end
-    end
+    -- A helper process (systemd-notify, socat) sends for its group leader.
+    local pgid = sys.getpgid(pid)
+    e = pgid and by_pid[pgid]
   end
   if not e then return end
   if fields.STATUS then note(e, "status: %s", fields.STATUS) end

@@ -7,6 +7,7 @@
 
 POGO=${POGO:-$(realpath ./pogo)}
 declare -A AGENT_PID=()
+ALL_AGENT_PIDS=()      # every agent this test started, for the leak check
 
 fail() {
   echo "FAILED: $*" >&2
@@ -15,6 +16,16 @@ fail() {
     tail -20 "$T/$n.log" >&2 2>/dev/null
   done
   exit 1
+}
+
+# Live processes carrying the marker of any agent this test started.
+marked_processes() {
+  local pid p
+  for pid in "${ALL_AGENT_PIDS[@]}"; do
+    for p in $(grep -ls "POGO_AGENT=$pid\." /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
+      gone "$p" || echo "$p"
+    done
+  done
 }
 
 e2e_cleanup() {
@@ -26,7 +37,21 @@ e2e_cleanup() {
     for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
     kill -KILL "$pid" 2>/dev/null
   done
+  # Anything an agent of this test started and left behind a second after
+  # the agent is gone (the watchdog's bound) is a leak: kill it and fail.
+  local leaked=0 p i left
+  for i in $(seq 50); do
+    left=$(marked_processes)
+    [ -z "$left" ] && break
+    sleep 0.02
+  done
+  for p in $(marked_processes); do
+    leaked=$((leaked + 1))
+    echo "leaked process $p: $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)" >&2
+    kill -KILL "$p" 2>/dev/null
+  done
   rm -rf "$T"
+  [ $leaked -eq 0 ] || exit 1
 }
 
 e2e_main() {
@@ -64,6 +89,7 @@ start_agent() {
   [ -f "$T/$name.lua" ] || write_config "$name"
   "$POGO" agent -c "$T/$name.lua" >>"$T/$name.log" 2>&1 &
   AGENT_PID[$name]=$!
+  ALL_AGENT_PIDS+=($!)
   wait_for 10 "agent $name answering on $T/$name.sock" "$POGO" eval -s "$T/$name.sock" 1
 }
 
@@ -94,4 +120,41 @@ expect_status() { # expect_status N COMMAND... - run it, compare exit status
   local want=$1; shift
   "$@"; local got=$?
   [ "$got" -eq "$want" ] || fail "exit status of '$*': expected $want, got $got"
+}
+
+# ---- children -------------------------------------------------------------
+
+# write_child FILE LUA - writes $T/children/FILE.lua (atomically: temp +
+# rename, as editors do) returning LUA.
+write_child() {
+  mkdir -p "$T/children"
+  printf '%s\n' "$2" >"$T/children/.$1.tmp"
+  mv "$T/children/.$1.tmp" "$T/children/$1.lua"
+}
+
+# start_supervisor NAME [LUA_FIELDS...] - an agent with $T/children.
+start_supervisor() {
+  local name=$1; shift
+  mkdir -p "$T/children"
+  write_config "$name" "children = \"$T/children\"" "log_dir = \"$T/logs\"" "$@"
+  start_agent "$name"
+}
+
+# field AGENT ID FIELD - one field of a child's view, printed raw ("" if nil).
+field() {
+  "$POGO" eval -s "$T/$1.sock" "local c = pogo.sup.child('$2') print(c and c.$3 ~= nil and tostring(c.$3) or '')"
+}
+
+# wait_field SECS AGENT ID FIELD VALUE
+wait_field() {
+  local secs=$1 a=$2 id=$3 f=$4 want=$5
+  wait_for "$secs" "child $id: $f = '$want' (is '$(field "$a" "$id" "$f")')" \
+    bash -c "[ \"\$('$POGO' eval -s '$T/$a.sock' \"local c = pogo.sup.child('$id') print(c and c.$f ~= nil and tostring(c.$f) or '')\")\" = '$want' ]"
+}
+
+# gone PID - true when no such process (zombies count as gone).
+gone() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+  [ "$st" = Z ]
 }
