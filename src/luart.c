@@ -192,6 +192,7 @@ lua_State *luart_new(const char *lua_dir)
         {"pogo.core.sys", luaopen_pogo_sys},
         {"pogo.core.control", luaopen_pogo_control},
         {"pogo.core.codec", luaopen_pogo_codec},
+        {"pogo.core.proc", luaopen_pogo_proc},
         {"pogo.core.net", luaopen_pogo_net},
         {"pogo.core.fswatch", luaopen_pogo_fswatch},
         {NULL, NULL},

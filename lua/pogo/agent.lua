@@ -1,11 +1,18 @@
--- pogo.agent: one agent's life: load the config, open the control socket,
--- run the loop until SIGTERM/SIGINT, reload on SIGHUP, shut down cleanly.
+-- pogo.agent: one agent's life. Load the config, become the subreaper with
+-- a watchdog, open the control socket, load hooks and children, run the
+-- loop until SIGTERM/SIGINT, reload on SIGHUP or when a watched file
+-- changes, and on the way out stop every child before closing.
 
+local children = require "pogo.children"
 local config = require "pogo.config"
 local control = require "pogo.control"
 local core_control = require "pogo.core.control"
+local fswatch = require "pogo.core.fswatch"
+local hooks = require "pogo.hooks"
 local log = require "pogo.log"
 local loop = require "pogo.core.loop"
+local proc = require "pogo.core.proc"
+local supervisor = require "pogo.supervisor"
 local sys = require "pogo.core.sys"
 
 local L = log.sub("agent")
@@ -16,11 +23,22 @@ local M = {
   path = nil,       -- the config file
 }
 
+M.DEBOUNCE = 0.05
+M.SHUTDOWN_GRACE = 2   -- seconds past the longest shutdown timeout
+
 local server
 local signals = {}
+local source          -- the children directory source
+local watches = {}    -- directory watches of the config and hooks files
+local reload_timer
+local stopping = false
 
 local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function basename(path)
+  return path:match("([^/]*)$")
 end
 
 local function apply_log(cfg)
@@ -37,9 +55,60 @@ local function same(a, b)
   return true
 end
 
---- Re-reads the config file. A broken file changes nothing; keys that need
---- a restart keep their running value, with a warning.
+--- Loads the hooks file of cfg; a broken file keeps the previous hooks.
+local function load_hooks(cfg)
+  hooks.budget = cfg.budget
+  if not cfg.hooks then hooks.global = {} return end
+  local t, err = hooks.load(cfg.hooks)
+  if not t then
+    M.errors[cfg.hooks] = err
+    L.error("%s (keeping the previous hooks)", err)
+    return
+  end
+  M.errors[cfg.hooks] = nil
+  hooks.global = t
+end
+
+local function open_children(cfg)
+  if source then source:close() source = nil end
+  if not cfg.children then
+    supervisor.apply({})
+    return
+  end
+  source = children.new(cfg.children, {
+    on_change = supervisor.apply, errors = M.errors, budget = cfg.budget,
+  })
+  source:start()
+end
+
+local schedule_reload   -- forward
+
+-- Watches the directories of the config and hooks files; a change of
+-- either file reloads (debounced), like SIGHUP.
+local function watch_files(cfg)
+  for _, w in ipairs(watches) do w:close() end
+  watches = {}
+  local names = {}
+  for _, path in ipairs { M.path, cfg.hooks } do
+    if path then
+      local dir = dirname(path)
+      names[dir] = names[dir] or {}
+      names[dir][basename(path)] = true
+    end
+  end
+  for dir, wanted in pairs(names) do
+    local w, err = fswatch.dir(dir, function(name)
+      if name and wanted[name] then schedule_reload() end
+    end)
+    if w then watches[#watches + 1] = w
+    else L.warn("cannot watch %s: %s (use SIGHUP to reload)", dir, err) end
+  end
+end
+
+--- Re-reads the config, the hooks and the children. A broken config
+--- changes nothing; keys that need a restart keep their running value.
 function M.reload()
+  if stopping then return false end
   L.info("reloading %s", M.path)
   local cfg, err = config.load(M.path)
   if not cfg then
@@ -54,20 +123,70 @@ function M.reload()
       cfg[k] = M.config[k]
     end
   end
+  local old = M.config
   M.config = cfg
   control.agent.config = cfg
   apply_log(cfg)
+  supervisor.budget = cfg.budget
+  load_hooks(cfg)
+  watch_files(cfg)
+  if cfg.children ~= old.children then
+    open_children(cfg)
+  elseif source then
+    source.budget = cfg.budget
+    source:apply()
+  end
   L.info("reloaded %s", M.path)
   return true
 end
 
---- Stops the loop; run() then cleans up and returns.
-function M.shutdown(why)
-  L.info("shutting down (%s)", why)
-  for _, s in ipairs(signals) do s:close() end
-  signals = {}
-  if server then server:close(); server = nil end
+schedule_reload = function()
+  if reload_timer then
+    reload_timer:again(M.DEBOUNCE, 0)
+  else
+    reload_timer = loop.timer(M.DEBOUNCE, 0, function() M.reload() end)
+  end
+end
+
+local function longest_shutdown()
+  local longest = 0
+  for _, e in pairs(supervisor.entries) do
+    local t = e.spec.shutdown and e.spec.shutdown.timeout or 0
+    if t > longest then longest = t end
+  end
+  return longest
+end
+
+local function finish()
+  if source then source:close() source = nil end
+  for _, w in ipairs(watches) do w:close() end
+  watches = {}
+  if reload_timer then reload_timer:close() reload_timer = nil end
+  supervisor.close()
+  if server then server:close() server = nil end
+  proc.watchdog_stop()
   loop.stop()
+end
+
+--- Stops every child (in parallel, each with its own stop sequence), then
+--- closes everything; run() returns once the loop ends.
+function M.shutdown(why)
+  if stopping then
+    L.warn("second %s: stopping now", why)
+    finish()
+    return
+  end
+  stopping = true
+  L.info("shutting down (%s)", why)
+  if source then source:close() source = nil end
+  local deadline = loop.timer(longest_shutdown() + M.SHUTDOWN_GRACE, 0, function()
+    L.error("children still running after the shutdown deadline; the watchdog kills them")
+    finish()
+  end)
+  supervisor.shutdown(function()
+    deadline:close()
+    finish()
+  end)
 end
 
 --- Runs an agent from the config file at path; returns the exit status.
@@ -93,14 +212,27 @@ function M.run(path)
     return 1
   end
 
+  -- Orphans of our children come to us, and a watchdog outlives us long
+  -- enough to kill whatever we started if we die.
+  local sok, serr = proc.subreaper()
+  if not sok then L.warn("cannot become a child subreaper: %s", serr) end
+  local wok, werr = proc.watchdog_start()
+  if not wok then L.error("cannot start the watchdog: %s", werr) end
+
   signals = {
     loop.signal("TERM", function() M.shutdown("SIGTERM") end),
     loop.signal("INT", function() M.shutdown("SIGINT") end),
     loop.signal("HUP", function() M.reload() end),
   }
+  supervisor.init { node = cfg.name, log_dir = cfg.log_dir, run_dir = dirname(cfg.control), budget = cfg.budget }
+  load_hooks(cfg)
+  watch_files(cfg)
   L.info("started (pid %d, pogo %s), control socket %s", sys.pid(),
     require("pogo.core.runtime").version, cfg.control)
+  open_children(cfg)
   loop.run()
+  for _, s in ipairs(signals) do s:close() end
+  signals = {}
   L.info("stopped")
   return 0
 end
