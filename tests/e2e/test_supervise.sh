@@ -292,3 +292,14 @@ test_sigterm_stops_children_in_parallel() {
   grep -q "after the shutdown deadline" "$T/a.log" && fail "the agent hit its shutdown deadline"
   return 0
 }
+
+test_at_most_three_fds_per_child() {
+  start_supervisor a
+  local base; base=$(ls /proc/${AGENT_PID[a]}/fd | wc -l)
+  write_child many 'local t = {} for i = 1, 30 do t[i] = { id = "c" .. i, cmd = "sleep 1000" } end return t'
+  wait_for 10 "30 children ready" bash -c "[ \$('$POGO' eval -s '$T/a.sock' 'local n = 0 for _, c in ipairs(pogo.sup.children()) do if c.state == \"ready\" then n = n + 1 end end return n') = 30 ]"
+  local now; now=$(ls /proc/${AGENT_PID[a]}/fd | wc -l)
+  local per=$(( (now - base) / 30 ))
+  [ $((now - base)) -le 90 ] || fail "$((now - base)) fds for 30 children (more than 3 each)"
+  echo "fds per child: $per"
+}
