@@ -300,6 +300,7 @@ test_at_most_three_fds_per_child() {
   wait_for 10 "30 children ready" bash -c "[ \$('$POGO' eval -s '$T/a.sock' 'local n = 0 for _, c in ipairs(pogo.sup.children()) do if c.state == \"ready\" then n = n + 1 end end return n') = 30 ]"
   local now; now=$(ls /proc/${AGENT_PID[a]}/fd | wc -l)
   local per=$(( (now - base) / 30 ))
-  [ $((now - base)) -le 90 ] || fail "$((now - base)) fds for 30 children (more than 3 each)"
+  # 3 per child (stdout, stderr, log file); +2 for control connections in flight
+  [ $((now - base)) -le 92 ] || fail "$((now - base)) fds for 30 children (more than 3 each)"
   echo "fds per child: $per"
 }
