@@ -21,7 +21,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "output.h"
+#include "pogo.h"
+
 
 #define PROC_T "pogo.proc"
 #define OUTPUT_T "pogo.output"

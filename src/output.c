@@ -20,7 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "output.h"
+#include "pogo.h"
+
 
 #define FLUSH_AT (64u << 10)      /* write the file buffer once it holds this */
 

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <ev.h>
@@ -163,5 +164,201 @@ void watchdog_untrack(pid_t pgid);
 void watchdog_stop(void);
 /* The watchdog's pid, or 0. */
 pid_t watchdog_pid(void);
+
+/* ---- output.c: output sinks --------------------------------------------- */
+
+enum output_stream { OUTPUT_STDOUT, OUTPUT_STDERR, OUTPUT_POGO };
+
+#define OUTPUT_READ_BUDGET (64u << 10)      /* bytes per pipe per wakeup */
+#define OUTPUT_MAX_LINE (16u << 10)         /* default max_line */
+#define OUTPUT_RING (1000u)                 /* default ring size, lines */
+
+struct output_opts {
+    const char *path;     /* the log file; NULL keeps lines in memory only */
+    uint64_t max_size;    /* rotate before the file would grow past it; 0: never */
+    unsigned max_files;   /* rotated files kept, path.1 (newest) .. path.N;
+                           * 0 truncates the file in place instead */
+    size_t ring;          /* lines kept in memory; 0: none */
+    size_t max_line;      /* longer lines are cut; 0: OUTPUT_MAX_LINE */
+};
+
+struct output_stats {
+    uint64_t lines;       /* lines captured; a cut line counts once */
+    uint64_t bytes;       /* bytes of text captured, newlines excluded */
+    uint64_t dropped;     /* lines that did not reach the log file */
+    uint64_t truncated;   /* lines cut at max_line */
+    uint64_t rotations;   /* rotations done (or attempted and failed) */
+    uint64_t size;        /* bytes in the current log file */
+    size_t ring;          /* lines held in memory now */
+};
+
+/* Called for every line once it is in the ring and queued for the file.
+ * text is not NUL-terminated and only valid during the call. Lines added
+ * from inside the callback (output_line) do not call it again. */
+typedef void output_line_fn(void *ud, enum output_stream stream,
+                            const char *text, size_t len, double time);
+
+/* One per child id, shared by its successive processes; reference counted
+ * because pipe readers may outlive the owner's handle on it. */
+struct output;
+
+/* Opens the log file (appending, created 0640). Returns the sink with one
+ * reference, or NULL with errno set. */
+struct output *output_new(const struct output_opts *opts);
+void output_ref(struct output *o);
+/* Drops a reference; the last one closes and frees the sink. */
+void output_unref(struct output *o);
+/* Flushes, closes the file and frees the ring; later lines are discarded.
+ * The memory stays until the last reference goes. Idempotent. */
+void output_close(struct output *o);
+int output_is_open(const struct output *o);
+/* Closes and reopens the log file at its path (e.g. after the directory was
+ * recreated). Returns 0, or -1 with errno and the old file kept. */
+int output_reopen(struct output *o);
+/* NULL fn removes the callback. */
+void output_on_line(struct output *o, output_line_fn *fn, void *ud);
+/* Adds one line (no newline in it) of the given stream: ring, file buffer,
+ * callback. truncated says it was cut at max_line. time: epoch seconds. */
+void output_line(struct output *o, enum output_stream stream,
+                 const char *text, size_t len, int truncated, double time);
+/* Writes what output_line queued for the file; a failed or short write
+ * drops the lines it did not complete, counts them and warns once per
+ * burst of failures. */
+void output_flush(struct output *o);
+/* Ring access, i = 0 is the oldest line held. Returns 0, or -1 if i is out
+ * of range. *text stays valid until the next line is added. */
+size_t output_ring_len(const struct output *o);
+int output_ring_get(const struct output *o, size_t i, double *time,
+                    enum output_stream *stream, const char **text,
+                    size_t *len);
+void output_get_stats(const struct output *o, struct output_stats *st);
+const char *output_path(const struct output *o);   /* NULL: memory only */
+size_t output_max_line(const struct output *o);
+
+const char *output_stream_name(enum output_stream s);
+/* "stdout" | "stderr" | "pogo", or -1. */
+int output_stream_parse(const char *name);
+/* "2024-05-01T12:00:00.123Z" into out (at least 32 bytes). */
+void output_format_time(double t, char *out);
+
+/* Reads one pipe of one process into a sink: non-blocking, at most
+ * OUTPUT_READ_BUDGET bytes per wakeup so a flooding child cannot starve
+ * the others, split into lines. */
+struct output_reader {
+    ev_io io;                 /* readable; started by output_reader_start */
+    struct output *sink;      /* our reference; NULL once closed */
+    enum output_stream stream;
+    int fd;                   /* the pipe's read end, owned; -1 if none */
+    int skipping;             /* inside a line already cut: drop up to '\n' */
+    char *line;               /* a line carried over between reads; owned */
+    size_t len, cap;
+};
+
+/* Takes ownership of fd (non-blocking; -1 for tests that only feed) and a
+ * reference to sink. */
+void output_reader_init(struct output_reader *r, struct output *sink,
+                        enum output_stream stream, int fd);
+void output_reader_start(struct ev_loop *loop, struct output_reader *r);
+static inline int output_reader_open(const struct output_reader *r)
+{
+    return r->sink != NULL;
+}
+/* Splits data into lines; the tail without a newline is carried over.
+ * Stops early if a line callback closed the reader. */
+void output_reader_feed(struct output_reader *r, const char *data, size_t n,
+                        double time);
+/* End of stream: a carried-over line becomes a line of its own. */
+void output_reader_finish(struct output_reader *r, double time);
+/* Reads up to budget bytes. Returns 1 while the pipe may have more, 0 at
+ * end of file, on a read error, or once the reader was closed. */
+int output_reader_pump(struct output_reader *r, size_t budget, double time);
+/* Reads what the pipe holds now (up to budget), finishes the last line and
+ * closes the reader: used when the process is known to be gone. */
+void output_reader_drain(struct ev_loop *loop, struct output_reader *r,
+                         size_t budget);
+/* Stops, closes the fd, drops the carried-over line (a process being
+ * killed) and the sink reference. Idempotent. */
+void output_reader_close(struct ev_loop *loop, struct output_reader *r);
+
+/* ---- proc.c: spawning, reaping, signalling -------- */
+
+#define PROC_MAX_RLIMITS 16
+
+/* What to run. Everything is resolved by the caller (user and group names
+ * included): the child only makes system calls. */
+struct proc_spec {
+    const char *id;               /* the child id: POGO_CHILD_ID, messages */
+    char *const *argv;            /* NULL-terminated; argv[0] is searched in
+                                   * the PATH of envp if it has no '/' */
+    char *const *envp;            /* NULL-terminated "K=V": the complete
+                                   * environment; POGO_AGENT is added */
+    const char *cwd;              /* NULL: the agent's */
+    int set_umask;
+    mode_t umask;
+    int nrlimits;
+    struct { int resource; struct rlimit lim; } rlimits[PROC_MAX_RLIMITS];
+    int set_groups;               /* setgroups(ngroups, groups) */
+    int ngroups;
+    const gid_t *groups;
+    int set_gid;
+    gid_t gid;
+    int set_uid;
+    uid_t uid;
+    struct output *output;        /* NULL: stdout/stderr to /dev/null */
+};
+
+/* Where a spawn failed: stage is a static string ("pipe", "fork",
+ * "setpgid", "signals", "stdio", "fds", "setrlimit", "initgroups",
+ * "setgid", "setuid", "chdir", "exec"), err the errno. */
+struct proc_error {
+    const char *stage;
+    int err;
+};
+
+struct proc_status {
+    pid_t pid;
+    int exited;                   /* 1: code is valid; 0: killed by signal */
+    int code;
+    int signal;
+    int core;
+    double runtime;               /* seconds from spawn to reap */
+};
+
+struct proc;
+
+/* Called once when the main process has exited, after its output was
+ * delivered, its group killed and what it left behind swept. p stays valid
+ * during the call (proc_release inside it is fine) and until released. */
+typedef void proc_exit_fn(void *ud, struct proc *p,
+                          const struct proc_status *st);
+
+/* Starts the reaper (one ev_child on pid 0) on loop; idempotent. Returns
+ * 0, or -1 with errno (no /dev/null). */
+int proc_init(struct ev_loop *loop);
+/* Frees every process record, released or not, and stops the reaper: for
+ * the end of the Lua state. Groups still running are SIGKILLed, and so is
+ * every process carrying this agent's POGO_AGENT marker (escapees of
+ * children that were still running). */
+void proc_shutdown(void);
+/* Forks and execs spec; returns only once exec succeeded (the process then
+ * runs in its own process group, pgid = pid) or failed (NULL, *err set,
+ * nothing left behind). */
+struct proc *proc_spawn(struct ev_loop *loop, const struct proc_spec *spec,
+                        proc_exit_fn *on_exit, void *ud,
+                        struct proc_error *err);
+pid_t proc_pid(const struct proc *p);
+const char *proc_id(const struct proc *p);
+/* 1 until the main process's exit has been seen. */
+int proc_running(const struct proc *p);
+/* Signals the whole process group (and the main process if it left the
+ * group). Returns 0, or -1 with errno (ESRCH once the main has exited). */
+int proc_kill(struct proc *p, int sig);
+/* The owner lets go: no more callbacks; a running group is SIGKILLed and
+ * the record freed once reaped. */
+void proc_release(struct proc *p);
+/* Processes spawned whose main process has not been reaped yet. */
+size_t proc_count(void);
+/* prctl(PR_SET_CHILD_SUBREAPER): orphans of our descendants come to us. */
+int proc_subreaper(void);
 
 #endif

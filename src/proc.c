@@ -32,7 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "output.h"
+#include "pogo.h"
+
 
 #define DRAIN_MAX (4u << 20)      /* bytes read from a pipe once its main exited */
 #define ID_MAX 256                /* longest POGO_CHILD_ID the sweep compares */

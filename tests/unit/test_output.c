@@ -11,7 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "output.h"
+#include "pogo.h"
+
 #include "unit.h"
 
 /* Lines seen by the callback, kept for the checks. */
