@@ -15,7 +15,7 @@ DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libev-dev \
             lua-lpeg lua-busted lua-cjson libsodium-dev libmsgpack-dev \
             libedit-dev iproute2 procps psmisc socat
 
-PC_PKGS  := lua5.4 msgpack
+PC_PKGS  := lua5.4 msgpack libsodium
 PC_CFLAGS = $(shell pkg-config --cflags $(PC_PKGS))
 PC_LIBS   = $(shell pkg-config --libs $(PC_PKGS))
 

@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <ev.h>
+#include <sodium.h>
 #include <lua.h>
 #include <lauxlib.h>
 
@@ -360,5 +361,107 @@ void proc_release(struct proc *p);
 size_t proc_count(void);
 /* prctl(PR_SET_CHILD_SUBREAPER): orphans of our descendants come to us. */
 int proc_subreaper(void);
+
+/* ---- crypto.c: the cluster key, the handshake, sealed frames ----------- */
+
+/* Everything cryptographic is libsodium. A link starts with a handshake of
+ * three small fixed-layout binary frames (no MessagePack before
+ * authentication):
+ *
+ *   initiator -> responder  HELLO  version range, capabilities, node name,
+ *                                  incarnation, ephemeral X25519 public key,
+ *                                  random nonce, id of the key it uses
+ *   responder -> initiator  HELLO  the same, for the responder, plus a MAC
+ *                                  over the transcript under the cluster key
+ *   initiator -> responder  AUTH   the initiator's MAC over the transcript
+ *
+ * Each side proves it holds the cluster key (the responder picks the key
+ * whose id the initiator named, from its keyring, so old keys keep working
+ * during a rotation). Session keys, one per direction, are derived from the
+ * X25519 shared secret and the cluster key together, so a leaked cluster
+ * key does not decrypt recorded traffic. After the handshake every frame
+ * body is sealed with XChaCha20-Poly1305 (or ChaCha20-Poly1305 IETF) under
+ * a nonce that is the frame's counter in that direction: a replayed,
+ * reordered, dropped or altered frame fails to open, and the link dies. */
+
+#define CRYPTO_KEY_BYTES 32
+#define CRYPTO_KEY_ID_BYTES 8
+#define CRYPTO_MAX_KEYS 8
+#define LINK_NAME_MAX 63
+#define LINK_PREAUTH_MAX 4096          /* frame cap before authentication */
+#define LINK_FRAME_MAX (16u << 20)     /* frame cap after */
+#define LINK_PROTO_MIN 1
+#define LINK_PROTO_MAX 1
+
+struct keyring {
+    uint8_t keys[CRYPTO_MAX_KEYS][CRYPTO_KEY_BYTES];  /* keys[0]: primary */
+    uint8_t ids[CRYPTO_MAX_KEYS][CRYPTO_KEY_ID_BYTES];
+    int n;
+};
+
+/* A key file holds one or more keys, one per line, as 64 hex digits;
+ * blank lines and lines starting with '#' are ignored. The first key is
+ * the primary (used for new links); the others are accepted. Returns 0, or
+ * -1 with a message in err (the ring is untouched). Refuses a file that
+ * others can read (mode & 077). */
+int keyring_load(struct keyring *kr, const char *path, char *err, size_t errlen);
+/* Writes a fresh random key to path (mode 0600, O_EXCL). 0 or -1/errno. */
+int keyring_generate(const char *path);
+/* sodium_init() once; -1 if libsodium cannot initialise. */
+int crypto_setup(void);
+
+struct hs_identity {
+    char name[LINK_NAME_MAX + 1];
+    uint64_t incarnation;              /* random per agent start */
+    uint32_t caps;                     /* capability flags */
+};
+
+struct session {
+    uint8_t tx[32], rx[32];            /* per-direction keys */
+    uint64_t tx_n, rx_n;               /* frame counters = nonces */
+};
+
+enum hs_result { HS_CONTINUE, HS_DONE, HS_FAIL };
+
+struct handshake {                     /* opaque to callers; in pogo.h for size */
+    int initiator;
+    int step;
+    const struct keyring *kr;
+    int key;                           /* index into kr of the key in use */
+    struct hs_identity self, peer;
+    uint16_t version;                  /* negotiated */
+    uint8_t eph_pk[32], eph_sk[32], peer_eph_pk[32];
+    uint8_t nonce[16], peer_nonce[16];
+    crypto_generichash_state hash;     /* running hash of the transcript */
+};
+
+/* Starts a handshake; an initiator appends its HELLO frame body to out.
+ * The keyring must outlive the handshake. */
+void hs_init(struct handshake *h, int initiator, const struct keyring *kr,
+             const struct hs_identity *self, struct buf *out);
+/* Feeds one received frame body. May append a frame body to send to out.
+ * HS_DONE fills *s and h->peer; HS_FAIL puts a one-line reason in err
+ * ("wrong cluster key", "protocol version 7..9 not supported", ...). */
+enum hs_result hs_recv(struct handshake *h, const char *body, size_t len,
+                       struct buf *out, struct session *s, char *err,
+                       size_t errlen);
+/* Wipes secrets. */
+void hs_clear(struct handshake *h);
+
+/* Appends a sealed frame body (ciphertext + tag) of plain to out. */
+int session_seal(struct session *s, const void *plain, size_t len,
+                 struct buf *out);
+/* Opens a sealed frame body into out (appended). -1 if it does not
+ * authenticate under the next expected counter. */
+int session_open(struct session *s, const char *body, size_t len,
+                 struct buf *out);
+/* Overhead of a sealed body over its plain text. */
+#define SESSION_OVERHEAD 16
+
+/* ---- link.c: authenticated TCP links between agents --------------------- */
+
+/* lua_link.c exposes links to Lua as pogo.core.link; see its header
+ * comment for the API. */
+int luaopen_pogo_link(lua_State *L);
 
 #endif
