@@ -8,6 +8,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +170,69 @@ static int l_getpgid(lua_State *L)
     return 1;
 }
 
+/* random(n) -> n bytes from the kernel's CSPRNG */
+static int l_random(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 0 && n <= 4096, 1, "0..4096 bytes");
+    unsigned char buf[4096];
+    for (lua_Integer got = 0; got < n;) {
+        ssize_t r = getrandom(buf + got, (size_t)(n - got), 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return luart_oserror(L, errno, "getrandom");
+        got += r;
+    }
+    lua_pushlstring(L, (const char *)buf, (size_t)n);
+    return 1;
+}
+
+/* write_private(path, data[, exclusive]) -> true | nil, err, code
+ * Writes a file only its owner can read (0600) atomically: a temp file in
+ * the same directory, fsync, rename. With exclusive, an existing path is
+ * an error (EEXIST) rather than replaced. */
+static int l_write_private(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    int exclusive = lua_toboolean(L, 3);
+    if (exclusive && access(path, F_OK) == 0)
+        return luart_oserror(L, EEXIST, path);
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return luart_oserror(L, ENAMETOOLONG, path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return luart_oserror(L, errno, tmp);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int err = errno;
+            close(fd);
+            unlink(tmp);
+            return luart_oserror(L, err, tmp);
+        }
+        off += (size_t)w;
+    }
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc < 0 || (exclusive ? link(tmp, path) : rename(tmp, path)) < 0) {
+        err = rc < 0 ? err : errno;
+        unlink(tmp);
+        return luart_oserror(L, err, path);
+    }
+    if (exclusive)
+        unlink(tmp);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 extern char **environ;
 
 /* environ() -> map of the agent's environment */
@@ -206,6 +271,8 @@ int luaopen_pogo_sys(lua_State *L)
         {"isatty", l_isatty},
         {"environ", l_environ},
         {"getpgid", l_getpgid},
+        {"random", l_random},
+        {"write_private", l_write_private},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

@@ -346,6 +346,42 @@ command("logs", {
   end,
 })
 
+-- Keys ------------------------------------------------------------------------------
+
+local function new_key_line()
+  local bytes = require("pogo.core.sys").random(32)
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+command("keygen", {
+  usage = "pogo keygen [--rotate] FILE",
+  summary = "write a new cluster key file (mode 0600)",
+  details = "A key file holds one or more keys, one per line; the first is used for new\n"
+    .. "links, the others are still accepted. --rotate puts a new key first and keeps\n"
+    .. "the old ones: distribute the file to every node (each picks it up on reload),\n"
+    .. "then remove the old line once all nodes have the new key.",
+  options = { { nil, "rotate", help = "add a new primary key to an existing file" } },
+  run = function(opts, args)
+    if #args ~= 1 then return nil, "give one FILE" end
+    local sys = require "pogo.core.sys"
+    local path = args[1]
+    if opts.rotate then
+      local f, ferr = io.open(path, "r")
+      if not f then err("pogo keygen: ", ferr, "\n") return 1 end
+      local old = f:read("a")
+      f:close()
+      local ok, werr = sys.write_private(path, new_key_line() .. "\n" .. old)
+      if not ok then err("pogo keygen: ", werr, "\n") return 1 end
+      out("added a new primary key to ", path, "\n")
+      return 0
+    end
+    local ok, werr = sys.write_private(path, new_key_line() .. "\n", true)
+    if not ok then err("pogo keygen: ", werr, "\n") return 1 end
+    out("wrote ", path, "\n")
+    return 0
+  end,
+})
+
 command("version", {
   usage = "pogo version",
   summary = "print the version of pogo",

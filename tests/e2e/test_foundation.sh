@@ -180,7 +180,7 @@ test_cli_usage_errors_exit_2() {
 test_help_explains_every_command() {
   local out cmd
   out=$("$POGO" --help); expect_eq 0 $? "pogo --help"
-  for cmd in agent check eval version; do
+  for cmd in agent check eval ps start stop restart logs keygen version; do
     expect_match "  $cmd " "$out" "pogo --help lists $cmd"
     "$POGO" "$cmd" --help | grep -q "^usage: pogo $cmd" || fail "pogo $cmd --help"
   done
@@ -205,4 +205,17 @@ test_check_validates_without_running() {
   expect_match "bad.lua:1: 'weight' must be a positive number" "$out"
   out=$("$POGO" check --as hooks "$T/policy.lua" 2>&1); expect_eq 1 $? "--as hooks on a policy"
   expect_match "must return a table of functions" "$out"
+}
+
+test_keygen_writes_a_private_key_and_rotates() {
+  "$POGO" keygen "$T/k" >/dev/null || fail "keygen failed"
+  expect_eq 600 "$(stat -c %a "$T/k")" "key file mode"
+  expect_match '^[0-9a-f]{64}$' "$(cat "$T/k")" "one hex key"
+  local out; out=$("$POGO" keygen "$T/k" 2>&1); expect_eq 1 $? "keygen over an existing file"
+  expect_match "File exists" "$out"
+  local first; first=$(cat "$T/k")
+  "$POGO" keygen --rotate "$T/k" >/dev/null || fail "rotate failed"
+  expect_eq 2 "$(wc -l <"$T/k")" "keys after a rotation"
+  expect_eq "$first" "$(sed -n 2p "$T/k")" "the old key stays second"
+  expect_eq 600 "$(stat -c %a "$T/k")" "mode after rotation"
 }
