@@ -89,7 +89,7 @@ local function watch_files(cfg)
   for _, w in ipairs(watches) do w:close() end
   watches = {}
   local names = {}
-  for _, path in ipairs { M.path, cfg.hooks } do
+  for _, path in ipairs { M.path, cfg.hooks, cfg.secret_file } do
     if path then
       local dir = dirname(path)
       names[dir] = names[dir] or {}
@@ -130,6 +130,7 @@ function M.reload()
   supervisor.budget = cfg.budget
   load_hooks(cfg)
   watch_files(cfg)
+  reload_cluster(cfg, old)
   if cfg.children ~= old.children then
     open_children(cfg)
   elseif source then
@@ -157,7 +158,56 @@ local function longest_shutdown()
   return longest
 end
 
+-- The cluster: links, membership and process groups ----------------------------
+
+local cluster_on = false
+
+local function node_meta(cfg)
+  return { tags = cfg.tags, weight = cfg.weight, version = require("pogo.core.runtime").version }
+end
+
+local function start_cluster(cfg)
+  if not cfg.secret_file then
+    if #cfg.seeds > 0 then
+      L.warn("seeds are set but secret_file is not: running as a single node")
+    end
+    return true
+  end
+  local cluster = require "pogo.cluster"
+  local ok, err = cluster.start {
+    name = cfg.name, listen = cfg.listen, advertise = cfg.advertise,
+    seeds = cfg.seeds, keyfile = cfg.secret_file, meta = node_meta(cfg),
+  }
+  if not ok then
+    L.error("cannot start the cluster layer: %s", err)
+    return false, err
+  end
+  cluster_on = true
+  require("pogo.pg").attach(cluster.default())
+  cluster.on("up", function(node)
+    hooks.run("on_node_up", nil, ("node '%s'"):format(node.name), node)
+  end)
+  cluster.on("down", function(node, reason)
+    hooks.run("on_node_down", nil, ("node '%s'"):format(node.name), node, reason)
+  end)
+  return true
+end
+
+local function reload_cluster(cfg, old)
+  if not cluster_on then return end
+  local cluster = require "pogo.cluster"
+  if not same(node_meta(cfg), node_meta(old)) then cluster.set_meta(node_meta(cfg)) end
+  local ok, err = require("pogo.core.link").reload_keys()
+  if not ok then
+    M.errors[cfg.secret_file] = err
+    L.error("%s (keeping the previous keys)", err)
+  else
+    M.errors[cfg.secret_file] = nil
+  end
+end
+
 local function finish()
+  if cluster_on then require("pogo.cluster").stop() cluster_on = false end
   if source then source:close() source = nil end
   for _, w in ipairs(watches) do w:close() end
   watches = {}
@@ -227,6 +277,10 @@ function M.run(path)
   supervisor.init { node = cfg.name, log_dir = cfg.log_dir, run_dir = dirname(cfg.control), budget = cfg.budget }
   load_hooks(cfg)
   watch_files(cfg)
+  if not start_cluster(cfg) then
+    finish()
+    return 1
+  end
   L.info("started (pid %d, pogo %s), control socket %s", sys.pid(),
     require("pogo.core.runtime").version, cfg.control)
   open_children(cfg)

@@ -216,6 +216,23 @@ local function fmt_uptime(secs)
   return require("pogo.grammar").format_duration(math.floor(secs * 10) / 10)
 end
 
+--- Lays out rows (lists of strings) in aligned columns.
+local function columns(rows)
+  local widths = {}
+  for _, l in ipairs(rows) do
+    for i, cell in ipairs(l) do widths[i] = math.max(widths[i] or 0, #cell) end
+  end
+  local out = {}
+  for _, l in ipairs(rows) do
+    local cells = {}
+    for i, cell in ipairs(l) do
+      cells[i] = i < #l and cell .. (" "):rep(widths[i] - #cell) or cell
+    end
+    out[#out + 1] = table.concat(cells, "  ")
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
 --- The `pogo ps` table.
 function M.ps_table(rows)
   local lines = { { "ID", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT" } }
@@ -225,19 +242,7 @@ function M.ps_table(rows)
       tostring(r.restarts or 0), r.last_exit or "-",
     }
   end
-  local widths = {}
-  for _, l in ipairs(lines) do
-    for i, cell in ipairs(l) do widths[i] = math.max(widths[i] or 0, #cell) end
-  end
-  local out = {}
-  for _, l in ipairs(lines) do
-    local cells = {}
-    for i, cell in ipairs(l) do
-      cells[i] = i < #l and cell .. (" "):rep(widths[i] - #cell) or cell
-    end
-    out[#out + 1] = table.concat(cells, "  ")
-  end
-  return table.concat(out, "\n") .. "\n"
+  return columns(lines)
 end
 
 local function simple(req, opts, on_ok)
@@ -343,6 +348,54 @@ command("logs", {
     end
     client:close()
     return 0
+  end,
+})
+
+-- Cluster -------------------------------------------------------------------------
+
+command("members", {
+  usage = "pogo members [-s SOCKET] [--json]",
+  summary = "list the nodes of the cluster: name, address, state, incarnation, RTT, tags",
+  options = { SOCKET_OPT, { "j", "json", help = "print JSON" } },
+  run = function(opts, args)
+    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
+    return simple({ op = "members" }, opts, function(resp)
+      if opts.json then out(assert(to_json(resp.nodes)), "\n") return end
+      local rows = { { "NAME", "ADDRESS", "STATE", "INCARNATION", "RTT", "TAGS" } }
+      for _, n in ipairs(resp.nodes) do
+        local meta = n.meta or {}
+        rows[#rows + 1] = {
+          n.name .. (n.self and " *" or ""), n.addr or n.advertise or "-", n.state or "-",
+          n.incarnation and ("%x"):format(n.incarnation) or "-",
+          n.rtt and ("%.2fms"):format(n.rtt * 1000) or "-",
+          table.concat(meta.tags or n.tags or {}, ","),
+        }
+      end
+      out(columns(rows))
+    end)
+  end,
+})
+
+command("groups", {
+  usage = "pogo groups [-s SOCKET] [--json] [SCOPE]",
+  summary = "list process groups and their members (every scope, or one)",
+  options = { SOCKET_OPT, { "j", "json", help = "print JSON" } },
+  run = function(opts, args)
+    if #args > 1 then return nil, ("unexpected argument '%s'"):format(args[2]) end
+    return simple({ op = "groups", scope = args[1] }, opts, function(resp)
+      if opts.json then out(assert(to_json(resp.scopes)), "\n") return end
+      local rows = { { "SCOPE", "GROUP", "NODE", "KEY", "VALUE" } }
+      local pretty = require "pogo.pretty"
+      for _, s in ipairs(resp.scopes) do
+        for _, g in ipairs(s.groups) do
+          for _, m in ipairs(g.members) do
+            rows[#rows + 1] = { s.scope, g.name, m.node, tostring(m.key),
+              m.value == nil and "-" or pretty.format(m.value, { width = 60 }) }
+          end
+        end
+      end
+      out(columns(rows))
+    end)
   end,
 })
 

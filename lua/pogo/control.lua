@@ -142,6 +142,27 @@ function M.ops.logs(conn, req)
   return { ok = true, lines = lines, follow = req.follow or nil }
 end
 
+-- Cluster ---------------------------------------------------------------------
+
+function M.ops.members()
+  return { ok = true, nodes = M.agent.pogo.cluster.nodes() }
+end
+
+function M.ops.groups(_, req)
+  local ok, pg = pcall(require, "pogo.pg")
+  if not ok then return { ok = false, error = "process groups are not available" } end
+  local out = {}
+  local scopes = req.scope and { req.scope } or pg.scopes()
+  for _, scope in ipairs(scopes) do
+    local groups = {}
+    for _, g in ipairs(pg.groups(scope)) do
+      groups[#groups + 1] = { name = g, members = pg.members(scope, g) }
+    end
+    out[#out + 1] = { scope = scope, groups = groups }
+  end
+  return { ok = true, scopes = out }
+end
+
 --- The control server's request callback.
 function M.handle(conn, req)
   local op = M.ops[req.op]

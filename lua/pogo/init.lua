@@ -31,12 +31,40 @@ function M.cluster.self()
   }
 end
 
---- The live nodes of the cluster, sorted by name (this node only until the
---- cluster layer is in).
-function M.cluster.nodes()
-  local me = M.cluster.self()
-  return me and { me } or {}
+local function cluster_running()
+  local ok, cluster = pcall(require, "pogo.cluster")
+  return ok and cluster.default and cluster.default() and cluster
 end
+
+--- Every known node, sorted by name: { name, addr, state, incarnation,
+--- rtt, meta, self }. Without a cluster key, only this node.
+function M.cluster.nodes()
+  local cluster = cluster_running()
+  if cluster then return cluster.nodes() end
+  local me = M.cluster.self()
+  if not me then return {} end
+  me.state, me.self = "up", true
+  return { me }
+end
+
+--- Calls fn(node) when a node comes up ("up") or goes down ("down");
+--- returns a cancel function.
+function M.cluster.on(event, fn)
+  local cluster = cluster_running()
+  if not cluster then return function() end end
+  return cluster.on(event, fn)
+end
+
+-- Process groups: pogo.pg.* (see pogo.pg) ------------------------------------------
+
+M.pg = setmetatable({}, {
+  __index = function(_, name)
+    local pg = require "pogo.pg"
+    local fn = pg[name]
+    if type(fn) ~= "function" then return nil end
+    return fn
+  end,
+})
 
 -- Children: pogo.sup.* ---------------------------------------------------------
 
