@@ -432,7 +432,10 @@ struct handshake {                     /* opaque to callers; in pogo.h for size 
     uint16_t version;                  /* negotiated */
     uint8_t eph_pk[32], eph_sk[32], peer_eph_pk[32];
     uint8_t nonce[16], peer_nonce[16];
-    crypto_generichash_state hash;     /* running hash of the transcript */
+    /* Chained hash of the transcript (see crypto.c). Not a
+     * crypto_generichash_state: that is 64-byte aligned, and a calloc'd
+     * struct holding it would be misaligned. */
+    uint8_t th[32];
 };
 
 /* Starts a handshake; an initiator appends its HELLO frame body to out.
