@@ -13,7 +13,8 @@ CC      ?= cc
 # Debian packages the project needs to build, test and run.
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libev-dev \
             lua-lpeg lua-busted lua-cjson libsodium-dev libmsgpack-dev \
-            libedit-dev iproute2 procps psmisc socat
+            libedit-dev iproute2 procps psmisc socat nftables \
+            clang libclang-rt-14-dev
 
 PC_PKGS  := lua5.4 msgpack libsodium
 PC_CFLAGS = $(shell pkg-config --cflags $(PC_PKGS))
@@ -40,7 +41,7 @@ AOBJS      := $(SRCS:src/%.c=build/asan/obj/%.o)
 ACORE_OBJS := $(CORE:src/%.c=build/asan/obj/%.o)
 AUNIT_OBJS := $(UNIT:tests/unit/%.c=build/asan/obj/unit/%.o)
 
-.PHONY: all deps asan unit test check run bench clean install
+.PHONY: all deps asan unit test check run bench clean install fuzz
 
 all: pogo
 
@@ -84,6 +85,23 @@ build/helpers/%: tests/helpers/%.c
 
 HELPERS := $(patsubst tests/helpers/%.c,build/helpers/%,$(wildcard tests/helpers/*.c))
 
+# libFuzzer targets (clang): every decoder of outside input.
+FUZZ_SRCS    := $(wildcard tests/fuzz/*.c)
+FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_TIME    ?= 60
+
+build/fuzz/%: tests/fuzz/%.c $(CORE) src/pogo.h
+	@mkdir -p $(@D)
+	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -Isrc $(PC_CFLAGS) -o $@ $< $(CORE) $(LDLIBS)
+
+fuzz-build: $(FUZZ_TARGETS)
+
+# make fuzz: each target for FUZZ_TIME seconds from its seed corpus.
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@tests/fuzz/run $(FUZZ_TIME)
+
 # Installs only what is missing; silent when everything is there.
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -98,7 +116,7 @@ deps:
 
 # A sub-make, so pkg-config runs after deps has installed the .pc files.
 test: deps
-	@$(MAKE) --no-print-directory pogo build/unit asan $(HELPERS)
+	@$(MAKE) --no-print-directory pogo build/unit asan $(HELPERS) fuzz-build
 	@tests/run
 
 check: test
