@@ -14,7 +14,7 @@ CC      ?= cc
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libev-dev \
             lua-lpeg lua-busted lua-cjson libsodium-dev libmsgpack-dev \
             libedit-dev iproute2 procps psmisc socat nftables \
-            clang libclang-rt-14-dev
+            clang libclang-rt-14-dev lua-check
 
 PC_PKGS  := lua5.4 msgpack libsodium
 PC_CFLAGS = $(shell pkg-config --cflags $(PC_PKGS))

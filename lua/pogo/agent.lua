@@ -105,6 +105,54 @@ local function watch_files(cfg)
   end
 end
 
+-- The cluster: links, membership and process groups ----------------------------
+
+local cluster_on = false
+
+local function node_meta(cfg)
+  return { tags = cfg.tags, weight = cfg.weight, version = require("pogo.core.runtime").version }
+end
+
+local function start_cluster(cfg)
+  if not cfg.secret_file then
+    if #cfg.seeds > 0 then
+      L.warn("seeds are set but secret_file is not: running as a single node")
+    end
+    return true
+  end
+  local cluster = require "pogo.cluster"
+  local ok, err = cluster.start {
+    name = cfg.name, listen = cfg.listen, advertise = cfg.advertise,
+    seeds = cfg.seeds, keyfile = cfg.secret_file, meta = node_meta(cfg),
+  }
+  if not ok then
+    L.error("cannot start the cluster layer: %s", err)
+    return false, err
+  end
+  cluster_on = true
+  require("pogo.pg").attach(cluster.default())
+  cluster.on("up", function(node)
+    hooks.run("on_node_up", nil, ("node '%s'"):format(node.name), node)
+  end)
+  cluster.on("down", function(node, reason)
+    hooks.run("on_node_down", nil, ("node '%s'"):format(node.name), node, reason)
+  end)
+  return true
+end
+
+local function reload_cluster(cfg, old)
+  if not cluster_on then return end
+  local cluster = require "pogo.cluster"
+  if not same(node_meta(cfg), node_meta(old)) then cluster.set_meta(node_meta(cfg)) end
+  local ok, err = require("pogo.core.link").reload_keys()
+  if not ok then
+    M.errors[cfg.secret_file] = err
+    L.error("%s (keeping the previous keys)", err)
+  else
+    M.errors[cfg.secret_file] = nil
+  end
+end
+
 --- Re-reads the config, the hooks and the children. A broken config
 --- changes nothing; keys that need a restart keep their running value.
 function M.reload()
@@ -156,54 +204,6 @@ local function longest_shutdown()
     if t > longest then longest = t end
   end
   return longest
-end
-
--- The cluster: links, membership and process groups ----------------------------
-
-local cluster_on = false
-
-local function node_meta(cfg)
-  return { tags = cfg.tags, weight = cfg.weight, version = require("pogo.core.runtime").version }
-end
-
-local function start_cluster(cfg)
-  if not cfg.secret_file then
-    if #cfg.seeds > 0 then
-      L.warn("seeds are set but secret_file is not: running as a single node")
-    end
-    return true
-  end
-  local cluster = require "pogo.cluster"
-  local ok, err = cluster.start {
-    name = cfg.name, listen = cfg.listen, advertise = cfg.advertise,
-    seeds = cfg.seeds, keyfile = cfg.secret_file, meta = node_meta(cfg),
-  }
-  if not ok then
-    L.error("cannot start the cluster layer: %s", err)
-    return false, err
-  end
-  cluster_on = true
-  require("pogo.pg").attach(cluster.default())
-  cluster.on("up", function(node)
-    hooks.run("on_node_up", nil, ("node '%s'"):format(node.name), node)
-  end)
-  cluster.on("down", function(node, reason)
-    hooks.run("on_node_down", nil, ("node '%s'"):format(node.name), node, reason)
-  end)
-  return true
-end
-
-local function reload_cluster(cfg, old)
-  if not cluster_on then return end
-  local cluster = require "pogo.cluster"
-  if not same(node_meta(cfg), node_meta(old)) then cluster.set_meta(node_meta(cfg)) end
-  local ok, err = require("pogo.core.link").reload_keys()
-  if not ok then
-    M.errors[cfg.secret_file] = err
-    L.error("%s (keeping the previous keys)", err)
-  else
-    M.errors[cfg.secret_file] = nil
-  end
 end
 
 local function finish()

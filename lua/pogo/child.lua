@@ -244,7 +244,7 @@ end
 
 -- Guards: pick a branch; they read, never write ---------------------------------------
 
-local function status_of(child, event, ctx)
+local function status_of(_child, event, ctx)
   if event == "spawn_failed" then
     return { error = tostring(ctx.error or "spawn failed") }
   end

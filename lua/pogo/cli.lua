@@ -222,15 +222,15 @@ local function columns(rows)
   for _, l in ipairs(rows) do
     for i, cell in ipairs(l) do widths[i] = math.max(widths[i] or 0, #cell) end
   end
-  local out = {}
+  local lines = {}
   for _, l in ipairs(rows) do
     local cells = {}
     for i, cell in ipairs(l) do
       cells[i] = i < #l and cell .. (" "):rep(widths[i] - #cell) or cell
     end
-    out[#out + 1] = table.concat(cells, "  ")
+    lines[#lines + 1] = table.concat(cells, "  ")
   end
-  return table.concat(out, "\n") .. "\n"
+  return table.concat(lines, "\n") .. "\n"
 end
 
 --- The `pogo ps` table.

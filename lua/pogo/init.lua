@@ -74,7 +74,7 @@ M.sup = {}
 
 --- Every local child: { id, state, pid, uptime, restarts, last_exit, ... }.
 --- (global = true will list the whole cluster once the cluster layer is in.)
-function M.sup.children(opts)
+function M.sup.children(_opts)
   return sup().list()
 end
 

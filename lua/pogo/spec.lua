@@ -557,7 +557,7 @@ function check.tags(keys, v)
 end
 
 function check.weight(keys, v)
-  if type(v) ~= "number" or not (v > 0) or v == math.huge then want(keys, "a number greater than 0", v) end
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge then want(keys, "a number greater than 0", v) end
   return v
 end
 

@@ -158,3 +158,46 @@ gone() {
   st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
   [ "$st" = Z ]
 }
+
+# ---- clusters -----------------------------------------------------------------
+
+# new_key FILE - a fresh cluster key file.
+new_key() { "$POGO" keygen "$1" >/dev/null || fail "keygen $1"; }
+
+# A port range of this test's own, so tests never collide.
+PORT_BASE=${PORT_BASE:-$((20000 + (RANDOM % 2000) * 10))}
+
+# start_node NAME INDEX [SEED_INDEX...] [-- LUA_FIELDS...] - an agent in a
+# cluster on 127.0.0.1, listening on PORT_BASE+INDEX, key $T/cluster.key.
+start_node() {
+  local name=$1 idx=$2; shift 2
+  local seeds=() extra=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do seeds+=("\"127.0.0.1:$((PORT_BASE + $1))\""); shift; done
+  [ "${1:-}" = -- ] && { shift; extra=("$@"); }
+  [ -f "$T/cluster.key" ] || new_key "$T/cluster.key"
+  local IFS=,
+  write_config "$name" "listen = \"127.0.0.1:$((PORT_BASE + idx))\"" \
+    "secret_file = \"$T/cluster.key\"" "seeds = { ${seeds[*]} }" "${extra[@]}"
+  unset IFS
+  start_agent "$name"
+}
+
+# up_count NAME - how many nodes NAME sees up (itself included).
+up_count() {
+  "$POGO" eval -s "$T/$1.sock" 'local n = 0 for _, x in ipairs(pogo.cluster.nodes()) do if x.state == "up" then n = n + 1 end end return n'
+}
+
+# wait_up SECS N NAME... - every NAME sees exactly N nodes up.
+wait_up() {
+  local secs=$1 n=$2; shift 2
+  local name
+  for name in "$@"; do
+    wait_for "$secs" "$name to see $n nodes up (sees $(up_count "$name"))" \
+      bash -c "[ \"\$('$POGO' eval -s '$T/$name.sock' 'local n = 0 for _, x in ipairs(pogo.cluster.nodes()) do if x.state == \"up\" then n = n + 1 end end return n')\" = $n ]"
+  done
+}
+
+# state_of NAME PEER - PEER's state as NAME sees it.
+state_of() {
+  "$POGO" eval -s "$T/$1.sock" "for _, x in ipairs(pogo.cluster.nodes()) do if x.name == '$2' then print(x.state) end end"
+}
