@@ -195,6 +195,7 @@ lua_State *luart_new(const char *lua_dir)
         {"pogo.core.proc", luaopen_pogo_proc},
         {"pogo.core.net", luaopen_pogo_net},
         {"pogo.core.fswatch", luaopen_pogo_fswatch},
+        {"pogo.core.link", luaopen_pogo_link},
         {NULL, NULL},
     };
     lua_State *L = luaL_newstate();

@@ -463,6 +463,112 @@ int session_open(struct session *s, const char *body, size_t len,
 
 /* ---- link.c: authenticated TCP links between agents --------------------- */
 
+/* The mechanism: sockets, framing, the handshake, verdicts, queues.
+ * lua_link.c is its only user and turns it into pogo.core.link. */
+
+struct link_ctx;            /* one per Lua state: identity, keys, links */
+struct link;                /* one TCP connection to a peer */
+struct link_listener;       /* one listening socket */
+
+enum link_state { LINK_CONNECTING, LINK_HANDSHAKE, LINK_UP, LINK_CLOSED };
+
+/* How an owned link ended, for the binding's closed() call. */
+enum link_end {
+    LINK_END_QUIET,         /* nothing to report: closed by the owner before
+                             * it came up, or by link_ctx_shutdown */
+    LINK_END_DOWN,          /* it had come up */
+    LINK_END_FAILED,        /* we dialled it and it never came up */
+};
+
+struct link_stats {
+    uint64_t bytes_in, bytes_out;       /* on the socket */
+    uint64_t frames_in, frames_out;     /* handshake and sealed frames */
+    size_t queued;                      /* bytes waiting to be written */
+};
+
+struct link_handlers {
+    /* Both sides kept the link. An incoming link has no owner yet: this is
+     * where the binding sets one (link_set_owner). */
+    void (*up)(void *ud, struct link *l);
+    /* One MSG payload, in order. Returns 0, or -1 with a reason in err to
+     * drop the link (the payload did not decode). */
+    int (*message)(void *ud, struct link *l, const char *body, size_t len,
+                   char *err, size_t errlen);
+    /* Once per owned link, when it has closed; reason is NULL for
+     * LINK_END_QUIET. Never called from inside a link_* call, except
+     * link_ctx_shutdown/free, which only make LINK_END_QUIET calls. */
+    void (*closed)(void *ud, struct link *l, enum link_end end,
+                   const char *reason);
+};
+
+struct link_setup {
+    const char *name;                   /* 1..LINK_NAME_MAX of [A-Za-z0-9._-] */
+    uint64_t incarnation;
+    double handshake_timeout;           /* seconds from connected to up */
+    double dial_timeout;                /* seconds for connect() */
+    const char *keyfile;
+    const char *source;                 /* numeric IP to dial from; NULL: any */
+};
+
+struct link_ctx *link_ctx_new(struct ev_loop *loop,
+                              const struct link_handlers *h, void *ud);
+/* Loads the keyring and sets the identity; only while no link or listener
+ * is open. 0, or -1 with a message in err. */
+int link_ctx_setup(struct link_ctx *c, const struct link_setup *s, char *err,
+                   size_t errlen);
+int link_ctx_ready(const struct link_ctx *c);
+/* Links and listeners still open. */
+int link_ctx_busy(const struct link_ctx *c);
+/* Re-reads the key file; handshakes in flight finish with the old ring. */
+int link_ctx_reload_keys(struct link_ctx *c, char *err, size_t errlen);
+/* Closes every listener and link; owned links get closed(QUIET) at once
+ * and no other callback comes. The ctx needs link_ctx_setup again. */
+void link_ctx_shutdown(struct link_ctx *c);
+/* Shuts down and frees. Links the binding still owns stay allocated,
+ * closed, until link_release. */
+void link_ctx_free(struct link_ctx *c);
+
+/* Numeric addresses only (no resolver on the loop): "127.0.0.1", "::1",
+ * "[::1]"; for listen, "" and "*" mean 0.0.0.0. Port 0 picks one. NULL
+ * with errno and a message on error. */
+struct link_listener *link_listen(struct link_ctx *c, const char *host,
+                                  int port, char *err, size_t errlen);
+int link_listener_port(const struct link_listener *ln);
+const char *link_listener_addr(const struct link_listener *ln);
+int link_listener_open(const struct link_listener *ln);
+void link_listener_close(struct link_listener *ln);  /* idempotent */
+void link_listener_free(struct link_listener *ln);   /* closes first */
+
+/* Starts a dial owned by owner. A failure to connect is reported through
+ * closed(FAILED) from the loop; NULL with errno and err only when nothing
+ * could be started (bad address, no socket). */
+struct link *link_dial(struct link_ctx *c, const char *host, int port,
+                       void *owner, char *err, size_t errlen);
+/* Seals and queues one MSG payload. 0, or -1 with errno: EPIPE (closed),
+ * ENOTCONN (not up yet), EMSGSIZE (too big; the link stays), ENOMEM, or
+ * ENOBUFS (the peer reads too slowly: the link was dropped). */
+int link_send(struct link *l, const void *body, size_t len, char *err,
+              size_t errlen);
+/* Closes as the owner: down (reason "closed locally: why") if it was up. */
+void link_close(struct link *l, const char *why);
+/* The owner lets go: closed quietly if open, no more callbacks, freed. */
+void link_release(struct link *l);
+
+void *link_owner(const struct link *l);
+void link_set_owner(struct link *l, void *owner);
+uint64_t link_id(const struct link *l);
+enum link_state link_state(const struct link *l);
+const char *link_peer(const struct link *l);       /* NULL until known */
+uint64_t link_peer_incarnation(const struct link *l);
+const char *link_addr(const struct link *l);       /* remote "host:port" */
+const char *link_host(const struct link *l);       /* as dialled, or NULL */
+int link_port(const struct link *l);               /* as dialled, or 0 */
+int link_initiator(const struct link *l);
+void link_get_stats(const struct link *l, struct link_stats *st);
+/* Up links, oldest first. */
+struct link *link_first_up(struct link_ctx *c);
+struct link *link_next_up(struct link *l);
+
 /* lua_link.c exposes links to Lua as pogo.core.link; see its header
  * comment for the API. */
 int luaopen_pogo_link(lua_State *L);
