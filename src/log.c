@@ -36,6 +36,8 @@ const char *log_level_name(enum log_level level)
     return level_names[level];
 }
 
+int log_fd(void) { return logger.fd; }
+
 int log_level_parse(const char *name)
 {
     for (int i = LOG_DEBUG; i <= LOG_ERROR; i++)

@@ -33,6 +33,8 @@ enum log_level log_get_level(void);
 /* Send lines to path (appended, created 0640) instead of stderr; NULL goes
  * back to stderr. Returns 0, or -1 with errno set and the old sink kept. */
 int log_set_file(const char *path);
+/* The fd lines go to (2, or the log file's). */
+int log_fd(void);
 /* Parses "debug" | "info" | "warn" | "error"; -1 if unknown. */
 int log_level_parse(const char *name);
 const char *log_level_name(enum log_level level);

@@ -355,7 +355,10 @@ static int watchdog_detach(int rfd, int wfd)
      * agent's whole job (kill -9 %1) must leave us alive to clean up. */
     (void)setsid();
     (void)prctl(PR_SET_NAME, "pogo-watchdog", 0, 0, 0);
-    /* The log file's fd is private to log.c; lines go to stderr. */
+    /* Our lines go where the agent's go: its log file becomes our stderr
+     * (kept when that fails), and log.c writes to stderr from here on. */
+    if (log_fd() != 2)
+        (void)dup2(log_fd(), 2);
     (void)log_set_file(NULL);
 
     /* Holding the agent's fds would keep its sockets and its children's
