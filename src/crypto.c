@@ -268,19 +268,6 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- keyring ------------------------------------------------------------ */
 
@@ -321,7 +308,7 @@ static int keyring_parse(struct keyring *kr, const char *path,
         if (len == 0 || line[0] == '#')
             continue;
         if (len != 2 * CRYPTO_KEY_BYTES) {
-            seterr(err, errlen,
+            set_error(err, errlen,
                    "%s line %d: a key is 64 hex digits, this line has %zu "
                    "characters", path, lineno, len);
             goto out;
@@ -331,7 +318,7 @@ static int keyring_parse(struct keyring *kr, const char *path,
             int lo = hexval((unsigned char)line[2 * i + 1]);
 
             if (hi < 0 || lo < 0) {
-                seterr(err, errlen,
+                set_error(err, errlen,
                        "%s line %d: not a hex digit at column %zu", path,
                        lineno, 2 * i + (hi < 0 ? 1 : 2));
                 goto out;
@@ -339,7 +326,7 @@ static int keyring_parse(struct keyring *kr, const char *path,
             key[i] = (uint8_t)(hi << 4 | lo);
         }
         if (sodium_is_zero(key, sizeof key)) {
-            seterr(err, errlen, "%s line %d: an all-zero key is not a key",
+            set_error(err, errlen, "%s line %d: an all-zero key is not a key",
                    path, lineno);
             goto out;
         }
@@ -354,13 +341,13 @@ static int keyring_parse(struct keyring *kr, const char *path,
         for (int i = 0; i < kr->n; i++) {
             if (memcmp(kr->ids[i], id, sizeof id) == 0) {
                 /* 2^-64 by chance; refuse rather than pick one. */
-                seterr(err, errlen, "%s line %d: key id collides with an "
+                set_error(err, errlen, "%s line %d: key id collides with an "
                        "earlier key", path, lineno);
                 goto out;
             }
         }
         if (kr->n == CRYPTO_MAX_KEYS) {
-            seterr(err, errlen, "%s line %d: more than %d keys", path, lineno,
+            set_error(err, errlen, "%s line %d: more than %d keys", path, lineno,
                    CRYPTO_MAX_KEYS);
             goto out;
         }
@@ -369,7 +356,7 @@ static int keyring_parse(struct keyring *kr, const char *path,
         kr->n++;
     }
     if (kr->n == 0) {
-        seterr(err, errlen, "%s: no key in the file", path);
+        set_error(err, errlen, "%s: no key in the file", path);
         goto out;
     }
     rc = 0;
@@ -388,32 +375,32 @@ int keyring_load(struct keyring *kr, const char *path, char *err, size_t errlen)
 
     memset(&tmp, 0, sizeof tmp);
     if (crypto_setup() < 0) {
-        seterr(err, errlen, "libsodium failed to initialise");
+        set_error(err, errlen, "libsodium failed to initialise");
         return -1;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     /* Checked on the open file, so the file judged is the file read. */
     if (fstat(fd, &st) < 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
+        set_error(err, errlen, "%s: not a regular file", path);
         goto out;
     }
     if (st.st_mode & 077) {
-        seterr(err, errlen,
+        set_error(err, errlen,
                "%s: key file is open to group or others (mode %03o): "
                "chmod 600 %s", path, (unsigned)(st.st_mode & 0777), path);
         goto out;
     }
     text = malloc(KEYFILE_MAX + 1);
     if (text == NULL) {
-        seterr(err, errlen, "%s: out of memory", path);
+        set_error(err, errlen, "%s: out of memory", path);
         goto out;
     }
     for (;;) {
@@ -422,14 +409,14 @@ int keyring_load(struct keyring *kr, const char *path, char *err, size_t errlen)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            seterr(err, errlen, "%s: %s", path, strerror(errno));
+            set_error(err, errlen, "%s: %s", path, strerror(errno));
             goto out;
         }
         if (r == 0)
             break;
         size += (size_t)r;
         if (size > KEYFILE_MAX) {
-            seterr(err, errlen, "%s: larger than %d KiB; not a key file",
+            set_error(err, errlen, "%s: larger than %d KiB; not a key file",
                    path, KEYFILE_MAX / 1024);
             goto out;
         }

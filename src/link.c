@@ -189,19 +189,6 @@ static void deliver_notes(struct link_ctx *c);
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static struct ring *ring_ref(struct ring *r)
 {
@@ -261,7 +248,7 @@ static int parse_addr(const char *host, int port, int passive,
     struct addrinfo *res;
     int rc = getaddrinfo(host, ps, &hints, &res);
     if (rc != 0) {
-        seterr(err, errlen, "'%s' is not a numeric IP address (%s)", host,
+        set_error(err, errlen, "'%s' is not a numeric IP address (%s)", host,
                gai_strerror(rc));
         errno = EINVAL;
         return -1;
@@ -1085,7 +1072,7 @@ struct link_listener *link_listen(struct link_ctx *c, const char *host,
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int e = errno;
-        seterr(err, errlen, "socket");
+        set_error(err, errlen, "socket");
         errno = e;
         return NULL;
     }
@@ -1097,7 +1084,7 @@ struct link_listener *link_listen(struct link_ctx *c, const char *host,
         bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, SOMAXCONN) < 0) {
         int e = errno;
         close(fd);
-        seterr(err, errlen, "listen on %s", addr);
+        set_error(err, errlen, "listen on %s", addr);
         errno = e;
         return NULL;
     }
@@ -1105,14 +1092,14 @@ struct link_listener *link_listen(struct link_ctx *c, const char *host,
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
         int e = errno;
         close(fd);
-        seterr(err, errlen, "getsockname");
+        set_error(err, errlen, "getsockname");
         errno = e;
         return NULL;
     }
     struct link_listener *ln = calloc(1, sizeof *ln);
     if (ln == NULL) {
         close(fd);
-        seterr(err, errlen, "listen");
+        set_error(err, errlen, "listen");
         errno = ENOMEM;
         return NULL;
     }
@@ -1173,14 +1160,14 @@ struct link *link_dial(struct link_ctx *c, const char *host, int port,
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int e = errno;
-        seterr(err, errlen, "socket");
+        set_error(err, errlen, "socket");
         errno = e;
         return NULL;
     }
     struct link *l = link_new(c, fd, 1);
     if (l == NULL) {
         close(fd);
-        seterr(err, errlen, "dial");
+        set_error(err, errlen, "dial");
         errno = ENOMEM;
         return NULL;
     }
@@ -1224,25 +1211,25 @@ int link_send(struct link *l, const void *body, size_t len, char *err,
               size_t errlen)
 {
     if (l->state != S_UP) {
-        seterr(err, errlen, l->state == S_CLOSED ? "link closed"
+        set_error(err, errlen, l->state == S_CLOSED ? "link closed"
                                                  : "link not up yet");
         errno = l->state == S_CLOSED ? EPIPE : ENOTCONN;
         return -1;
     }
     if (len > LINK_FRAME_MAX - SESSION_OVERHEAD - 1) {
-        seterr(err, errlen, "message of %zu bytes over the %u-byte limit",
+        set_error(err, errlen, "message of %zu bytes over the %u-byte limit",
                len, LINK_FRAME_MAX - SESSION_OVERHEAD - 1);
         errno = EMSGSIZE;
         return -1;
     }
     if (put_sealed(l, T_MSG, body, len) < 0) {
-        seterr(err, errlen, "queueing a message");
+        set_error(err, errlen, "queueing a message");
         return -1;
     }
     size_t queued = buf_avail(&l->out);
     if (queued > LINK_MAX_QUEUE) {
         drop(l, LOG_WARN, 0, "peer too slow: %zu MiB queued", queued >> 20);
-        seterr(err, errlen, "the peer reads too slowly (%zu MiB queued); "
+        set_error(err, errlen, "the peer reads too slowly (%zu MiB queued); "
                "link dropped", queued >> 20);
         errno = ENOBUFS;
         return -1;
@@ -1354,7 +1341,7 @@ static struct ring *load_ring(const char *path, char *err, size_t errlen)
     struct ring *r = calloc(1, sizeof *r);
 
     if (r == NULL) {
-        seterr(err, errlen, "out of memory");
+        set_error(err, errlen, "out of memory");
         return NULL;
     }
     if (keyring_load(&r->kr, path, err, errlen) < 0) {
@@ -1369,11 +1356,11 @@ int link_ctx_setup(struct link_ctx *c, const struct link_setup *s, char *err,
                    size_t errlen)
 {
     if (link_ctx_busy(c)) {
-        seterr(err, errlen, "links or listeners are open: shut down first");
+        set_error(err, errlen, "links or listeners are open: shut down first");
         return -1;
     }
     if (crypto_setup() < 0) {
-        seterr(err, errlen, "libsodium failed to initialise");
+        set_error(err, errlen, "libsodium failed to initialise");
         return -1;
     }
     struct ring *r = load_ring(s->keyfile, err, errlen);
@@ -1382,7 +1369,7 @@ int link_ctx_setup(struct link_ctx *c, const struct link_setup *s, char *err,
     char *keyfile = strdup(s->keyfile);
     if (keyfile == NULL) {
         ring_unref(&r);
-        seterr(err, errlen, "out of memory");
+        set_error(err, errlen, "out of memory");
         return -1;
     }
     ring_unref(&c->ring);
@@ -1405,7 +1392,7 @@ int link_ctx_setup(struct link_ctx *c, const struct link_setup *s, char *err,
 int link_ctx_reload_keys(struct link_ctx *c, char *err, size_t errlen)
 {
     if (c->keyfile == NULL) {
-        seterr(err, errlen, "no key file loaded yet");
+        set_error(err, errlen, "no key file loaded yet");
         return -1;
     }
     struct ring *r = load_ring(c->keyfile, err, errlen);

@@ -38,6 +38,16 @@ const char *log_level_name(enum log_level level)
 
 int log_fd(void) { return logger.fd; }
 
+void set_error(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
 int log_level_parse(const char *name)
 {
     for (int i = LOG_DEBUG; i <= LOG_ERROR; i++)

@@ -564,19 +564,6 @@ static int l_client_close(lua_State *L)
     return 0;
 }
 
-static void new_type(lua_State *L, const char *name, const luaL_Reg *methods,
-                     lua_CFunction index)
-{
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, methods, 0);
-    if (index)
-        lua_pushcfunction(L, index);
-    else
-        lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
-
 int luaopen_pogo_control(lua_State *L)
 {
     static const luaL_Reg server_m[] = {
@@ -599,9 +586,9 @@ int luaopen_pogo_control(lua_State *L)
         {"__close", l_client_close},
         {NULL, NULL},
     };
-    new_type(L, SERVER_T, server_m, NULL);
-    new_type(L, CONN_T, conn_m, l_conn_index);
-    new_type(L, CLIENT_T, client_m, NULL);
+    luart_newtype(L, SERVER_T, server_m, NULL);
+    luart_newtype(L, CONN_T, conn_m, l_conn_index);
+    luart_newtype(L, CLIENT_T, client_m, NULL);
     static const luaL_Reg fns[] = {
         {"listen", l_listen},
         {"connect", l_connect},

@@ -174,11 +174,7 @@ int luaopen_pogo_fswatch(lua_State *L)
         {"__close", l_close},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, WATCH_T);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    luart_newtype(L, WATCH_T, methods, NULL);
     static const luaL_Reg fns[] = {
         {"dir", l_dir},
         {NULL, NULL},

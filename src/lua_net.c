@@ -152,11 +152,7 @@ int luaopen_pogo_net(lua_State *L)
         {"__close", l_close},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, PROBE_T);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    luart_newtype(L, PROBE_T, methods, NULL);
     static const luaL_Reg fns[] = {
         {"probe", l_probe},
         {NULL, NULL},

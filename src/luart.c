@@ -158,6 +158,19 @@ void luart_push_ref(lua_State *L, int ref)
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 }
 
+void luart_newtype(lua_State *L, const char *name, const luaL_Reg *methods,
+                   lua_CFunction index)
+{
+    luaL_newmetatable(L, name);
+    luaL_setfuncs(L, methods, 0);
+    if (index)
+        lua_pushcfunction(L, index);
+    else
+        lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
 const char *errno_name(int err)
 {
     const char *name = strerrorname_np(err);

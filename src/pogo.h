@@ -35,6 +35,9 @@ enum log_level log_get_level(void);
 int log_set_file(const char *path);
 /* The fd lines go to (2, or the log file's). */
 int log_fd(void);
+/* snprintf into an error buffer that may be NULL or empty. */
+void set_error(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Parses "debug" | "info" | "warn" | "error"; -1 if unknown. */
 int log_level_parse(const char *name);
 const char *log_level_name(enum log_level level);
@@ -69,6 +72,11 @@ int luart_call(lua_State *L, int nargs, int nres, const char *what);
 int luart_ref(lua_State *L, int idx);                 /* [-0, +0, -] */
 void luart_unref(lua_State *L, int *ref);              /* [-0, +0, -] */
 void luart_push_ref(lua_State *L, int ref);            /* [-0, +1, -] */
+
+/* Registers metatable `name` holding methods (with __gc, __close, ...);
+ * __index is `index`, or the metatable itself when NULL. [-0, +0, m] */
+void luart_newtype(lua_State *L, const char *name, const luaL_Reg *methods,
+                   lua_CFunction index);
 
 /* Pushes nil, "ENAME: strerror", "ENAME" and returns 3 (luaL_fileresult's
  * shape, with the errno name first so Lua can match on it). */

@@ -14,6 +14,7 @@ local loop = require "pogo.core.loop"
 local proc = require "pogo.core.proc"
 local supervisor = require "pogo.supervisor"
 local sys = require "pogo.core.sys"
+local util = require "pogo.util"
 
 local L = log.sub("agent")
 
@@ -32,14 +33,6 @@ local source          -- the children directory source
 local watches = {}    -- directory watches of the config and hooks files
 local reload_timer
 local stopping = false
-
-local function dirname(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-local function basename(path)
-  return path:match("([^/]*)$")
-end
 
 local function apply_log(cfg)
   local ok, err = log.setup { node = cfg.name, level = cfg.log.level, file = cfg.log.file or false }
@@ -91,9 +84,9 @@ local function watch_files(cfg)
   local names = {}
   for _, path in ipairs { M.path, cfg.hooks, cfg.secret_file } do
     if path then
-      local dir = dirname(path)
+      local dir = util.dirname(path)
       names[dir] = names[dir] or {}
-      names[dir][basename(path)] = true
+      names[dir][util.basename(path)] = true
     end
   end
   for dir, wanted in pairs(names) do
@@ -251,7 +244,7 @@ function M.run(path)
   control.agent.pogo = require "pogo"
   apply_log(cfg)
 
-  local ok, merr = sys.mkdir(dirname(cfg.control), tonumber("700", 8))
+  local ok, merr = sys.mkdir(util.dirname(cfg.control), tonumber("700", 8))
   if not ok then
     L.error("cannot create the control socket's directory: %s", merr)
     return 1
@@ -274,7 +267,7 @@ function M.run(path)
     loop.signal("INT", function() M.shutdown("SIGINT") end),
     loop.signal("HUP", function() M.reload() end),
   }
-  supervisor.init { node = cfg.name, log_dir = cfg.log_dir, run_dir = dirname(cfg.control), budget = cfg.budget }
+  supervisor.init { node = cfg.name, log_dir = cfg.log_dir, run_dir = util.dirname(cfg.control), budget = cfg.budget }
   load_hooks(cfg)
   watch_files(cfg)
   if not start_cluster(cfg) then

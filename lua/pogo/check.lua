@@ -7,12 +7,6 @@ local sys = require "pogo.core.sys"
 
 local M = {}
 
-M.HOOKS = {
-  on_start = true, on_ready = true, on_exit = true, on_restart = true,
-  on_give_up = true, on_stop = true, on_node_up = true, on_node_down = true,
-  on_placement_change = true,
-}
-
 local validators = {}
 
 function validators.config(value, path, src)
@@ -44,18 +38,7 @@ function validators.policy(value, path)
 end
 
 function validators.hooks(value, path)
-  if type(value) ~= "table" then
-    return nil, ("%s: a hooks file must return a table of functions, got %s"):format(path, type(value))
-  end
-  for k, v in pairs(value) do
-    if not M.HOOKS[k] then
-      return nil, ("%s: unknown hook '%s'"):format(path, tostring(k))
-    end
-    if type(v) ~= "function" then
-      return nil, ("%s: hook '%s' must be a function, got %s"):format(path, k, type(v))
-    end
-  end
-  return true
+  return require("pogo.hooks").validate(value, path)
 end
 
 --- Guesses what a file is from what it returns.

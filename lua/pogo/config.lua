@@ -8,6 +8,7 @@
 local grammar = require "pogo.grammar"
 local sandbox = require "pogo.sandbox"
 local sys = require "pogo.core.sys"
+local util = require "pogo.util"
 
 local M = {}
 
@@ -25,10 +26,6 @@ end
 function M.default_log_dir(cfg)
   if sys.uid() == 0 then return "/var/log/pogo/" .. cfg.name end
   return cfg.run_dir .. "/logs/" .. cfg.name
-end
-
-local function dirname(path)
-  return path:match("^(.*)/[^/]*$") or "."
 end
 
 local function resolve(base, path)
@@ -160,28 +157,11 @@ local function line_of(src, key)
   end
 end
 
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
-local function suggest(key, schema)
-  local best, bestd
-  for k in pairs(schema) do
-    local d = distance(key, k)
-    if d <= 2 and (not bestd or d < bestd or (d == bestd and k < best)) then
-      best, bestd = k, d
-    end
-  end
+-- " (did you mean 'x'?)" for an unknown key, or "".
+local function hint(key, schema)
+  local names = {}
+  for k in pairs(schema) do names[#names + 1] = k end
+  local best = util.suggest(key, names)
   return best and (" (did you mean '%s'?)"):format(best) or ""
 end
 
@@ -205,7 +185,7 @@ local function validate_table(t, schema, order, ctx, prefix)
       local where = ctx.path
       local line = ctx.src and line_of(ctx.src, k)
       if line then where = where .. ":" .. line end
-      return nil, ("%s: unknown key '%s%s'%s"):format(where, prefix, k, suggest(k, schema))
+      return nil, ("%s: unknown key '%s%s'%s"):format(where, prefix, k, hint(k, schema))
     end
   end
   for _, k in ipairs(order) do
@@ -233,7 +213,7 @@ end
 --- Validates a config table. ctx = { path=, src= }. Returns the normalised
 --- config (defaults filled, paths absolute or relative to cwd) | nil, err.
 function M.validate(t, ctx)
-  ctx.dir = ctx.dir or dirname(ctx.path)
+  ctx.dir = ctx.dir or util.dirname(ctx.path)
   if type(t) ~= "table" then
     return nil, ("%s: must return a table, got %s"):format(ctx.path, type(t))
   end

@@ -24,10 +24,8 @@ M.budget = 0.25
 M.global = {}           -- hooks from the hooks file
 M.failures = 0          -- hooks that raised or ran out of budget
 
---- Loads a hooks file. Returns the table | nil, err. All or nothing.
-function M.load(path)
-  local ok, value = sandbox.load(path, { budget = M.budget, env = { pogo = require "pogo" } })
-  if not ok then return nil, value end
+--- Checks what a hooks file returned. Returns true | nil, err.
+function M.validate(value, path)
   if type(value) ~= "table" then
     return nil, ("%s: a hooks file must return a table of functions, got %s"):format(path, type(value))
   end
@@ -39,6 +37,15 @@ function M.load(path)
       return nil, ("%s: hook '%s' must be a function, got %s"):format(path, k, type(v))
     end
   end
+  return true
+end
+
+--- Loads a hooks file. Returns the table | nil, err. All or nothing.
+function M.load(path)
+  local ok, value = sandbox.load(path, { budget = M.budget, env = { pogo = require "pogo" } })
+  if not ok then return nil, value end
+  local valid, err = M.validate(value, path)
+  if not valid then return nil, err end
   return value
 end
 

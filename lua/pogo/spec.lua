@@ -37,6 +37,7 @@
 
 local grammar = require "pogo.grammar"
 local sandbox = require "pogo.sandbox"
+local util = require "pogo.util"
 
 local M = {}
 
@@ -100,35 +101,6 @@ local function describe(v)
   return "a " .. t
 end
 
-local function dirname(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
-local function suggest(key, names)
-  local best, bestd
-  for _, k in ipairs(names) do
-    local d = distance(key, k)
-    if d <= 2 and (not bestd or d < bestd or (d == bestd and k < best)) then
-      best, bestd = k, d
-    end
-  end
-  return best
-end
-
 -- Validation failures are thrown as tables carrying the field's key path
 -- (for the message and to find the line) and caught once in normalise, so
 -- nested checkers stay straight-line code.
@@ -177,7 +149,7 @@ local function only(keys, t, names)
     end
     if not known then
       local prefix = #keys > 0 and table.concat(keys, ".") .. "." or ""
-      local near = suggest(k, names)
+      local near = util.suggest(k, names)
       bad(sub(keys, k), ("unknown field '%s%s'%s"):format(prefix, k,
         near and (" (did you mean '%s%s'?)"):format(prefix, near) or ""), true)
     end
@@ -745,7 +717,7 @@ end
 function M.normalise(t, ctx)
   ctx = ctx or {}
   local cx = { path = ctx.path or "(spec)", src = ctx.src, index = ctx.index or 1 }
-  cx.dir = ctx.path and dirname(ctx.path) or "."
+  cx.dir = ctx.path and util.dirname(ctx.path) or "."
   if type(t) ~= "table" then
     return nil, ("%s: item %d must be a spec table, got %s"):format(cx.path, cx.index, describe(t))
   end

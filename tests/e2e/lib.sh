@@ -166,7 +166,8 @@ gone() {
 new_key() { "$POGO" keygen "$1" >/dev/null || fail "keygen $1"; }
 
 # A port range of this test's own, so tests never collide.
-PORT_BASE=${PORT_BASE:-$((20000 + (RANDOM % 2000) * 10))}
+# Below the kernel's ephemeral range (32768+), so no dial can hold our port.
+PORT_BASE=${PORT_BASE:-$((20000 + (RANDOM % 1200) * 10))}
 
 # start_node NAME INDEX [SEED_INDEX...] [-- LUA_FIELDS...] - an agent in a
 # cluster on 127.0.0.1, listening on PORT_BASE+INDEX, key $T/cluster.key.
