@@ -55,6 +55,12 @@ function M.cluster.on(event, fn)
   return cluster.on(event, fn)
 end
 
+-- Placement helpers: pogo.placement.* (see pogo.placement) ---------------------------
+
+M.placement = setmetatable({}, {
+  __index = function(_, name) return require("pogo.placement").readonly[name] end,
+})
+
 -- Process groups: pogo.pg.* (see pogo.pg) ------------------------------------------
 
 M.pg = setmetatable({}, {
