@@ -1023,19 +1023,25 @@ static int l_notify_path(lua_State *L)
 /* ---- module ------------------------------------------------------------- */
 
 /* init() -> true | nil, err: start reaping now, before the first spawn
- * (orphans re-parented to a subreaper need it). */
+ * (orphans re-parented to a subreaper need it); also raises the agent's
+ * open file limit (children get the original back). */
 static int l_init(lua_State *L)
 {
     if (proc_init(luart_loop(L)) < 0)
-        return luart_oserror(L, errno, "/dev/null");
+        return luart_oserror(L, errno, "starting the reaper");
     lua_pushboolean(L, 1);
     return 1;
 }
 
+/* subreaper() -> true | nil, err: orphans of our descendants come to us,
+ * and the reaper starts now to collect them (init()), not at the first
+ * spawn. */
 static int l_subreaper(lua_State *L)
 {
     if (proc_subreaper() < 0)
         return luart_oserror(L, errno, "PR_SET_CHILD_SUBREAPER");
+    if (proc_init(luart_loop(L)) < 0)
+        return luart_oserror(L, errno, "starting the reaper");
     lua_pushboolean(L, 1);
     return 1;
 }

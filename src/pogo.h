@@ -338,20 +338,24 @@ struct proc_status {
 struct proc;
 
 /* Called once when the main process has exited, after its output was
- * delivered, its group killed and what it left behind swept. p stays valid
- * during the call (proc_release inside it is fine) and until released. */
+ * delivered and its group killed; what it left re-parented to the agent is
+ * swept right after, in the same loop iteration, before a replacement can
+ * be mistaken for it. p stays valid during the call (proc_release inside
+ * it is fine) and until released. */
 typedef void proc_exit_fn(void *ud, struct proc *p,
                           const struct proc_status *st);
 
-/* Starts the reaper (one ev_child on pid 0) on loop; idempotent. Returns
- * 0, or -1 with errno (no /dev/null). */
+/* Starts the reaper (one ev_child on pid 0) on loop and raises the soft
+ * RLIMIT_NOFILE to the hard limit (children get the original back);
+ * idempotent. Returns 0, or -1 with errno (no /dev/null, ENOMEM). */
 int proc_init(struct ev_loop *loop);
 /* Frees every process record, released or not, and stops the reaper: for
  * the end of the Lua state. Groups still running are SIGKILLed, and so is
  * every process carrying this agent's POGO_AGENT marker (escapees of
  * children that were still running). */
 void proc_shutdown(void);
-/* Forks and execs spec; returns only once exec succeeded (the process then
+/* Starts spec (vfork semantics: the agent is paused only until the child
+ * has exec'd); returns only once exec succeeded (the process then
  * runs in its own process group, pgid = pid) or failed (NULL, *err set,
  * nothing left behind). */
 struct proc *proc_spawn(struct ev_loop *loop, const struct proc_spec *spec,

@@ -1,42 +1,63 @@
 /*
  * proc.c - child processes: spawn, reap, signal, and clean up after them.
  *
- * Spawning is fork + exec with a CLOEXEC error pipe: the child reports the
- * stage and errno of any failure before exec, and the parent waits for the
- * pipe to hit EOF (exec succeeded) or to deliver that report, so a missing
- * binary or a bad user is an error of the spawn call, not an "exit 127".
- * Each child leads its own process group.
+ * Spawning is a vfork (a clone sharing memory and fd table, the agent
+ * suspended until the child execs) + exec: a spawn costs the same with 10
+ * children or 10,000, where a fork copied page tables and thousands of fds
+ * only to drop them at exec. The parent prepares everything beforehand
+ * (the environment, the program's path, ids, limits); the child only makes
+ * system calls, and reports the stage and errno of a failure in the
+ * arguments it shares with the parent, who reads them once clone returns,
+ * so a missing binary or a bad user is an error of the spawn call, not an
+ * "exit 127". Each child leads its own process group.
  *
  * Reaping is one ev_child watcher on pid 0: it sees every status the agent
  * receives, orphans re-parented to it (a child subreaper) included. When a
- * main process exits, its group is SIGKILLed at once, its output drained,
- * and before its on_exit runs, a sweep kills whatever it left re-parented
- * to the agent (found by POGO_CHILD_ID in /proc/PID/environ). The sweep and
- * the callbacks run in an ev_prepare, once per burst of exits, so stopping
- * hundreds of children costs one /proc scan, not hundreds.
+ * main process exits, its group is SIGKILLed at once and its output
+ * drained; then on_exit runs (and may start a replacement). Whatever the
+ * dead main left re-parented to the agent is killed by a sweep (found by
+ * POGO_CHILD_ID in /proc/PID/environ, told from a replacement's descendants
+ * by start time) in the same loop iteration, after everything else: a
+ * replacement started from on_exit or from a timer due then does not wait
+ * for it. The callbacks and the sweep run once per burst of exits, so
+ * stopping hundreds of children costs one /proc scan, not hundreds.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <grp.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "pogo.h"
 
+/* ASan, as gcc and clang say it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define PROC_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROC_ASAN 1
+#endif
+#endif
+#ifdef PROC_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 
 #define DRAIN_MAX (4u << 20)      /* bytes read from a pipe once its main exited */
 #define ID_MAX 256                /* longest POGO_CHILD_ID the sweep compares */
+#define CHILD_STACK (256u << 10)  /* the spawning child's stack */
 
 enum proc_state {
     PROC_RUNNING,                 /* main process alive; in the pid table */
@@ -73,15 +94,26 @@ static const char *const stage_names[ST_COUNT] = {
 static struct {
     struct ev_loop *loop;         /* NULL until proc_init */
     ev_child child;               /* pid 0: every child status */
-    ev_prepare after;             /* sweep + on_exit after a burst of reaps */
+    ev_prepare after;             /* on_exit after a burst of reaps */
+    ev_timer sweeper;             /* then the sweep: 0 s, lowest priority */
     int devnull;                  /* O_RDWR, for stdin and unwanted output */
+    int hold[2];                  /* low fds holding a spawn's stdout and
+                                   * stderr pipes for the child; /dev/null
+                                   * between spawns */
+    unsigned keep;                /* the child's fd table is a copy of the
+                                   * agent's fds below this: the three above */
+    char *stack;                  /* the child's, CHILD_STACK bytes */
     struct proc **slots;          /* pid -> running proc; linear probing */
     size_t cap, count;            /* cap is a power of two; count <= cap/2 */
     struct proc *exited;          /* FIFO of procs in PROC_EXITING */
     struct proc **exited_tail;
     int sweep;                    /* an orphan was reaped: sweep anyway */
     int children_file;            /* /proc/self/task/T/children: -1 unknown */
-} P = {.devnull = -1, .children_file = -1};
+    unsigned long pid_max;        /* where pids wrap */
+    int nofile_saved;             /* the agent's RLIMIT_NOFILE was read */
+    int nofile_raised;            /* ... and its soft limit raised to the hard */
+    struct rlimit nofile;         /* as it was: what children get back */
+} P = {.devnull = -1, .hold = {-1, -1}, .children_file = -1};
 
 static double mono_now(void)
 {
@@ -286,11 +318,13 @@ static ssize_t children_from_tasks(pid_t **v, size_t *cap)
     return any ? (ssize_t)n : -1;
 }
 
-/* The same by reading every /proc/PID/stat: slower, always available. */
+/* The same by reading /proc/PID/stat, always available: slower, so the
+ * main processes and the watchdog, which the sweep skips anyway, are
+ * skipped by their pid before any read. */
 static size_t children_from_scan(pid_t **v, size_t *cap)
 {
     size_t n = 0;
-    pid_t self = getpid();
+    pid_t self = getpid(), wd = watchdog_pid();
     DIR *d = opendir("/proc");
     if (d == NULL) {
         log_warn("proc", "cannot scan /proc for leftover processes: %s",
@@ -303,6 +337,8 @@ static size_t children_from_scan(pid_t **v, size_t *cap)
             continue;
         pid_t pid = (pid_t)atoi(e->d_name), ppid;
         unsigned long long start;
+        if (pid == wd || table_get(pid))
+            continue;
         if (read_stat(pid, &ppid, &start) == 0 && ppid == self &&
             push_pid(v, &n, cap, pid) < 0)
             break;
@@ -311,14 +347,29 @@ static size_t children_from_scan(pid_t **v, size_t *cap)
     return n;
 }
 
-/* Is a main process of child `id` running that started no later than
- * `start`? Then a process carrying that id may be its descendant. */
-static int id_runs_since(const char *id, unsigned long long start)
+/* Was pid b handed out after pid a? Pids grow until they wrap at pid_max:
+ * of two handed out a moment apart, the later one is less than half the
+ * range ahead. */
+static int pid_after(pid_t b, pid_t a)
+{
+    unsigned long range = P.pid_max;
+    unsigned long d = ((unsigned long)b + range - (unsigned long)a) % range;
+    return d != 0 && d < range / 2;
+}
+
+/* Is a main process of child `id` running that started before process
+ * `pid` did (at `start`)? Then that process may be its descendant. Start
+ * times are clock ticks: within one tick, the later pid is the later
+ * process. The sweep runs just after a replacement may have started, and
+ * a leftover of the dead main started in the same tick must not pass for
+ * the replacement's. */
+static int id_runs_since(const char *id, unsigned long long start, pid_t pid)
 {
     for (size_t i = 0; i < P.cap; i++) {
         struct proc *p = P.slots[i];
-        if (p && !p->released && p->starttime <= start &&
-            strcmp(p->id, id) == 0)
+        if (p && !p->released && strcmp(p->id, id) == 0 &&
+            (p->starttime < start ||
+             (p->starttime == start && pid_after(pid, p->pid))))
             return 1;
     }
     return 0;
@@ -348,7 +399,7 @@ static void sweep(void)
         if (read_stat(pid, &ppid, &start) < 0 || ppid != self)
             continue;           /* gone meanwhile */
         if (!read_env_value(pid, "POGO_CHILD_ID=", id, sizeof id) ||
-            id_runs_since(id, start))
+            id_runs_since(id, start, pid))
             continue;
         if (kill(pid, SIGKILL) == 0)
             log_info("proc", "%s: killed pid %d, left behind by its main "
@@ -424,16 +475,25 @@ static void on_child(struct ev_loop *loop, ev_child *w, int revents)
     ev_prepare_start(loop, &P.after);
 }
 
+/* One sweep for a burst of exits, right after their callbacks: a timer
+ * due at once but of the lowest priority runs after the other callbacks
+ * of the next loop iteration, so a replacement started from on_exit or
+ * from a timer due at once (the supervisor's immediate restart) does not
+ * wait for the walk over the agent's thousands of children. The sweep
+ * tells it from the leftovers by start time and pid (id_runs_since). */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop; (void)w; (void)revents;
+    P.sweep = 0;
+    sweep();
+}
+
 /* Before the loop blocks again, i.e. once every status pending now has
- * been reaped: one sweep for the whole burst, then the callbacks. */
+ * been reaped: the callbacks, then (later in this iteration) the sweep. */
 static void on_after(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
     ev_prepare_stop(loop, w);
-    if (P.sweep) {
-        P.sweep = 0;
-        sweep();
-    }
     struct proc *list = P.exited;
     P.exited = NULL;
     P.exited_tail = &P.exited;
@@ -447,16 +507,95 @@ static void on_after(struct ev_loop *loop, ev_prepare *w, int revents)
         else
             p->state = PROC_DONE;
     }
+    if (P.sweep && !ev_is_active(&P.sweeper))
+        ev_timer_start(loop, &P.sweeper);
+}
+
+/* Each child holds up to three fds in the agent (two pipes and its log
+ * file): the usual soft limit of 1024 would cap the agent at some 330
+ * children. Up to the hard limit then; children get the original soft
+ * limit back (child()), so they see the limits they would have had. Once
+ * per process: a later init must not take the raised limit for the
+ * original. */
+static void raise_nofile(void)
+{
+    if (P.nofile_saved)
+        return;
+    if (getrlimit(RLIMIT_NOFILE, &P.nofile) < 0) {
+        log_warn("proc", "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    P.nofile_saved = 1;
+    if (P.nofile.rlim_cur >= P.nofile.rlim_max)
+        return;
+    struct rlimit up = {P.nofile.rlim_max, P.nofile.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &up) < 0) {
+        log_warn("proc", "cannot raise the open file limit from %llu to %llu: "
+                 "%s", (unsigned long long)P.nofile.rlim_cur,
+                 (unsigned long long)up.rlim_cur, strerror(errno));
+        return;
+    }
+    P.nofile_raised = 1;
+    log_debug("proc", "open file limit raised from %llu to %llu",
+              (unsigned long long)P.nofile.rlim_cur,
+              (unsigned long long)up.rlim_cur);
+}
+
+/* Where pids wrap, for pid_after(); the kernel's default if unreadable. */
+static unsigned long read_pid_max(void)
+{
+    unsigned long v = 0;
+    FILE *f = fopen("/proc/sys/kernel/pid_max", "re");
+    if (f) {
+        if (fscanf(f, "%lu", &v) != 1)
+            v = 0;
+        fclose(f);
+    }
+    return v > 1 ? v : 32768;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
 }
 
 int proc_init(struct ev_loop *loop)
 {
     if (P.loop)
         return 0;
-    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (fd < 0)
+    /* The fds a child needs, as low as they can be: the child's fd table
+     * is a copy of those below P.keep only (child()). */
+    P.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int i = 0; i < 2 && P.devnull >= 0; i++)
+        if ((P.hold[i] = fcntl(P.devnull, F_DUPFD_CLOEXEC, 3)) < 0)
+            break;
+    /* Its lowest page a guard: an overflow faults instead of writing over
+     * whatever the agent has mapped below. */
+    P.stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (P.stack != MAP_FAILED &&
+        mprotect(P.stack, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE) < 0) {
+        munmap(P.stack, CHILD_STACK);
+        P.stack = MAP_FAILED;
+    }
+    if (P.devnull < 0 || P.hold[1] < 0 || P.stack == MAP_FAILED) {
+        int e = errno;
+        close_fd(&P.devnull);
+        close_fd(&P.hold[0]);
+        close_fd(&P.hold[1]);
+        if (P.stack != MAP_FAILED)
+            munmap(P.stack, CHILD_STACK);
+        P.stack = NULL;
+        errno = e;
         return -1;
-    P.devnull = fd;
+    }
+    int top = P.devnull > P.hold[0] ? P.devnull : P.hold[0];
+    P.keep = (unsigned)(top > P.hold[1] ? top : P.hold[1]) + 1;
+    raise_nofile();
+    P.pid_max = read_pid_max();
     P.loop = loop;
     P.exited = NULL;
     P.exited_tail = &P.exited;
@@ -464,6 +603,8 @@ int proc_init(struct ev_loop *loop)
     ev_child_start(loop, &P.child);
     ev_unref(loop);             /* only running children keep the loop alive */
     ev_prepare_init(&P.after, on_after);
+    ev_timer_init(&P.sweeper, on_sweep, 0., 0.);
+    ev_set_priority(&P.sweeper, EV_MINPRI);
     return 0;
 }
 
@@ -527,35 +668,98 @@ void proc_shutdown(void)
     kill_marked();
     free(P.slots);
     ev_prepare_stop(P.loop, &P.after);
+    ev_timer_stop(P.loop, &P.sweeper);
     ev_ref(P.loop);
     ev_child_stop(P.loop, &P.child);
-    close(P.devnull);
+    close_fd(&P.devnull);
+    close_fd(&P.hold[0]);
+    close_fd(&P.hold[1]);
+    munmap(P.stack, CHILD_STACK);
+    P.stack = NULL;
     P.slots = NULL;
     P.cap = P.count = 0;
-    P.devnull = -1;
     P.loop = NULL;
 }
 
-/* ---- the child, between fork and exec ------------------------------------- */
+/* ---- the child, between clone and exec ---------------------------------- */
 
+/* Everything the child needs, prepared by the parent. Until it execs, the
+ * child runs in the parent's memory (CLONE_VM) and on its fd table
+ * (CLONE_FILES) with the parent suspended (CLONE_VFORK): it may read
+ * anything, must allocate nothing, writes nothing of the parent's but
+ * stage and err here, and changes no fd before it has a table of its own. */
 struct child_args {
     const struct proc_spec *spec;
     char *const *envp;
-    const char *path;             /* PATH of envp, or NULL */
-    int report;                   /* the error pipe's write end */
-    int stdio[3];
+    const char *exe;              /* execve'd first: argv[0] if it holds a
+                                   * '/', else the PATH match the parent
+                                   * found (NULL: none) */
+    const char *path;             /* argv[0] without a '/': the PATH the
+                                   * child searches if exe fails */
+    int stdio[3];                 /* all below keep */
+    unsigned keep;
+    int restore_nofile;           /* RLIMIT_NOFILE back to nofile */
+    struct rlimit nofile;
+    volatile int stage, err;      /* the failure before exec; stage -1: none */
 };
 
-/* Only async-signal-safe calls from here to exec. */
-__attribute__((noreturn))
-static void child_fail(int report, enum stage stage, int err)
+/* The kernel's sigset_t, for the raw calls. */
+#define KSIGSET_SIZE ((NSIG - 1) / 8)
+
+/* The credential calls are made raw: in a process with threads, glibc's
+ * wrappers make every thread change too, by signalling them, and in this
+ * child those would be the agent's. The kernel's calls change the calling
+ * thread, the child's only one. */
+#ifdef SYS_setuid32             /* 32-bit ABIs: the plain calls take 16-bit ids */
+#define SYS_SETGROUPS SYS_setgroups32
+#define SYS_SETGID SYS_setgid32
+#define SYS_SETUID SYS_setuid32
+#else
+#define SYS_SETGROUPS SYS_setgroups
+#define SYS_SETGID SYS_setgid
+#define SYS_SETUID SYS_setuid
+#endif
+
+/* Only async-signal-safe calls from here to exec, and nothing noreturn:
+ * the child ends by returning from child_main, which exits. (ASan hooks
+ * every noreturn call to unpoison the thread's stack, and would take this
+ * stack for a gigantic one of the agent's thread and warn.) Returns the
+ * exit status. */
+static int child_fail(struct child_args *a, enum stage stage, int err)
 {
-    int msg[2] = {stage, err};
-    ssize_t n;
-    do
-        n = write(report, msg, sizeof msg);
-    while (n < 0 && errno == EINTR);
-    _exit(127);
+    a->err = err;
+    a->stage = (int)stage;
+    return 127;
+}
+
+/* "dir/file" into buf, dir being dlen bytes of a PATH entry (empty: the
+ * current directory, as in execvp). Returns 0, or -1 if it does not fit.
+ * Async-signal-safe. */
+static int path_join(char *buf, size_t size, const char *dir, size_t dlen,
+                     const char *file, size_t flen)
+{
+    if (dlen == 0) {
+        dir = ".";
+        dlen = 1;
+    }
+    if (dlen + 1 + flen >= size)
+        return -1;
+    memcpy(buf, dir, dlen);
+    buf[dlen] = '/';
+    memcpy(buf + dlen + 1, file, flen + 1);
+    return 0;
+}
+
+/* The errors of one PATH entry after which execvp tries the next. */
+static int search_goes_on(int err)
+{
+    switch (err) {
+    case EACCES: case ENOENT: case ENOTDIR: case ESTALE: case ENODEV:
+    case ETIMEDOUT: case ENAMETOOLONG: case ELOOP:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* execvpe's search, but over the PATH of the child's own environment and
@@ -563,31 +767,18 @@ static void child_fail(int report, enum stage stage, int err)
 static int exec_search(const char *file, char *const *argv, char *const *envp,
                        const char *path)
 {
-    if (strchr(file, '/')) {
-        execve(file, argv, envp);
-        return errno;
-    }
-    if (path == NULL)
-        path = "/usr/local/bin:/usr/bin:/bin";
     size_t flen = strlen(file);
     int eacces = 0;
     char buf[PATH_MAX];
     for (const char *p = path;; ) {
         const char *colon = strchr(p, ':');
         size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
-        if (dlen + 1 + flen < sizeof buf) {
-            /* An empty element is the current directory, as in execvp. */
-            memcpy(buf, dlen ? p : ".", dlen ? dlen : 1);
-            size_t k = dlen ? dlen : 1;
-            buf[k] = '/';
-            memcpy(buf + k + 1, file, flen + 1);
+        if (path_join(buf, sizeof buf, p, dlen, file, flen) == 0) {
             execve(buf, argv, envp);
-            switch (errno) {
-            case EACCES: eacces = 1; break;
-            case ENOENT: case ENOTDIR: case ESTALE: case ENODEV:
-            case ETIMEDOUT: case ENAMETOOLONG: case ELOOP: break;
-            default: return errno;
-            }
+            if (!search_goes_on(errno))
+                return errno;
+            if (errno == EACCES)
+                eacces = 1;
         }
         if (colon == NULL)
             break;
@@ -596,29 +787,31 @@ static int exec_search(const char *file, char *const *argv, char *const *envp,
     return eacces ? EACCES : ENOENT;
 }
 
-__attribute__((noreturn))
-static void child(const struct child_args *a)
+/* The parent's match first: one execve where the search makes one per
+ * PATH entry. Should it fail the way a search goes on past (the child's
+ * user may not run it, a noexec mount, a race), the full search follows,
+ * so the outcome and the error are execvp's. */
+static int child_exec(const struct child_args *a)
 {
-    const struct proc_spec *s = a->spec;
-    int r = a->report;
+    char *const *argv = a->spec->argv;
+    if (a->exe) {
+        execve(a->exe, argv, a->envp);
+        if (a->path == NULL || !search_goes_on(errno))
+            return errno;
+    }
+    return exec_search(argv[0], argv, a->envp, a->path);
+}
 
-    /* Every signal is blocked (by the parent, around fork): restore the
-     * default dispositions before unblocking, so no agent handler runs
-     * here. SIG_IGN would survive exec (SIGPIPE is ignored in the agent).
-     * The raw system call, because glibc's sigaction refuses its own
-     * signals (32, 33), which a parent may have left ignored; SIG_DFL with
-     * no flags and an empty mask is all zeroes in the kernel's struct
-     * sigaction on every architecture, whatever its field order. */
-    static const unsigned long dfl[8];
-    for (int sig = 1; sig < NSIG; sig++)
-        syscall(SYS_rt_sigaction, sig, dfl, NULL, (NSIG - 1) / 8);  /* EINVAL: KILL, STOP */
-    sigset_t none;
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-        child_fail(r, ST_SIGNALS, errno);
-
-    if (setpgid(0, 0) < 0)
-        child_fail(r, ST_SETPGID, errno);
+/* An fd table of the child's own holding stdio on 0..2 and nothing else.
+ * Returns 0, or the failed stage with errno set. */
+static int child_fds(const struct child_args *a)
+{
+    /* A copy of the fds below keep only: the thousands of pipes and files
+     * of a busy agent are neither copied nor, at exec, closed one by one.
+     * Before Linux 5.9: a full copy, whose fds close at exec (below). */
+    if (close_range(a->keep, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
+        unshare(CLONE_FILES) < 0)
+        return ST_FDS;
 
     /* Lift sources out of 0..2 first, so no dup2 below overwrites one
      * still needed, and none is its own target (which keeps CLOEXEC). */
@@ -626,39 +819,102 @@ static void child(const struct child_args *a)
     for (int i = 0; i < 3; i++) {
         src[i] = a->stdio[i];
         if (src[i] < 3 && (src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 3)) < 0)
-            child_fail(r, ST_STDIO, errno);
+            return ST_STDIO;
     }
     for (int i = 0; i < 3; i++)
         if (dup2(src[i], i) < 0)
-            child_fail(r, ST_STDIO, errno);
+            return ST_STDIO;
 
-    /* Everything above 2 closes at exec, the error pipe with it. */
-    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+    if (close_range(3, ~0U, 0) < 0) {
         struct rlimit nofile;
         if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)
-            child_fail(r, ST_FDS, errno);
+            return ST_FDS;
         rlim_t max = nofile.rlim_cur > 65536 ? 65536 : nofile.rlim_cur;
         for (rlim_t fd = 3; fd < max; fd++)
             fcntl((int)fd, F_SETFD, FD_CLOEXEC);
     }
+    return 0;
+}
 
-    /* Limits while still privileged: raising a hard limit needs root. */
+static int child(struct child_args *a)
+{
+    const struct proc_spec *s = a->spec;
+
+    /* Out of the agent's process group while every signal is still blocked
+     * (by the parent, around clone): what is sent to the agent's group from
+     * now on (a Ctrl-C) is not for us. */
+    if (setpgid(0, 0) < 0)
+        return child_fail(a, ST_SETPGID, errno);
+
+    /* Restore the default dispositions before unblocking: an agent handler
+     * would run here on the agent's memory (libev's would mark the signal
+     * pending for the agent), and SIG_IGN would survive exec (SIGPIPE is
+     * ignored in the agent). The raw system call, because glibc's sigaction
+     * refuses its own signals (32, 33), which a parent may have left
+     * ignored; SIG_DFL with no flags and an empty mask is all zeroes in the
+     * kernel's struct sigaction on every architecture, whatever its field
+     * order. */
+    static const unsigned long dfl[8], none[8];
+    for (int sig = 1; sig < NSIG; sig++)
+        syscall(SYS_rt_sigaction, sig, dfl, NULL, KSIGSET_SIZE);  /* EINVAL: KILL, STOP */
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, none, NULL, KSIGSET_SIZE) < 0)
+        return child_fail(a, ST_SIGNALS, errno);
+
+    int stage = child_fds(a);
+    if (stage)
+        return child_fail(a, (enum stage)stage, errno);
+
+    /* The open file limit the agent had before raising it, then the spec's
+     * limits, while still privileged: raising a hard limit needs root. */
+    if (a->restore_nofile && setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
+        return child_fail(a, ST_SETRLIMIT, errno);
     for (int i = 0; i < s->nrlimits; i++)
         if (setrlimit(s->rlimits[i].resource, &s->rlimits[i].lim) < 0)
-            child_fail(r, ST_SETRLIMIT, errno);
+            return child_fail(a, ST_SETRLIMIT, errno);
     if (s->set_umask)
         umask(s->umask);
-    if (s->set_groups && setgroups((size_t)s->ngroups, s->groups) < 0)
-        child_fail(r, ST_INITGROUPS, errno);
-    if (s->set_gid && setgid(s->gid) < 0)
-        child_fail(r, ST_SETGID, errno);
-    if (s->set_uid && setuid(s->uid) < 0)
-        child_fail(r, ST_SETUID, errno);
+    if (s->set_groups &&
+        syscall(SYS_SETGROUPS, (size_t)s->ngroups, s->groups) < 0)
+        return child_fail(a, ST_INITGROUPS, errno);
+    if (s->set_gid && syscall(SYS_SETGID, s->gid) < 0)
+        return child_fail(a, ST_SETGID, errno);
+    if (s->set_uid && syscall(SYS_SETUID, s->uid) < 0)
+        return child_fail(a, ST_SETUID, errno);
     /* After setuid: the directory must be reachable by the child's user. */
     if (s->cwd && chdir(s->cwd) < 0)
-        child_fail(r, ST_CHDIR, errno);
+        return child_fail(a, ST_CHDIR, errno);
 
-    child_fail(r, ST_EXEC, exec_search(s->argv[0], s->argv, a->envp, a->path));
+    return child_fail(a, ST_EXEC, child_exec(a));
+}
+
+static int child_main(void *arg)
+{
+    return child(arg);
+}
+
+/* clone as posix_spawn does it: the agent's memory (no page tables to
+ * copy, which made a fork cost grow with the agent), its fd table (no fds
+ * to copy), a stack of the child's own (so it cannot clobber the agent's
+ * frames), and the agent suspended until the child has exec'd or exited.
+ * Every signal is blocked across it, glibc's own too (hence the raw call):
+ * until the child has reset the dispositions, no agent handler may run in
+ * it. */
+static pid_t spawn_child(struct child_args *a)
+{
+    unsigned long all[8], old[8];
+    memset(all, 0xff, sizeof all);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, all, old, KSIGSET_SIZE);
+    pid_t pid = clone(child_main, P.stack + CHILD_STACK,
+                      CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, a);
+    int e = errno;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, KSIGSET_SIZE);
+#ifdef PROC_ASAN
+    /* The child's frames that never returned left their redzones. */
+    size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+    ASAN_UNPOISON_MEMORY_REGION(P.stack + guard, CHILD_STACK - guard);
+#endif
+    errno = e;
+    return pid;
 }
 
 /* ---- spawning ---------------------------------------------------------- */
@@ -698,62 +954,66 @@ static char **build_env(const struct proc_spec *s, char **idvar)
     return e;
 }
 
+/* The PATH of envp, or execvp's default. */
 static const char *env_path(char *const *envp)
 {
     for (; *envp; envp++)
         if (strncmp(*envp, "PATH=", 5) == 0)
             return *envp + 5;
-    return NULL;
+    return "/usr/local/bin:/usr/bin:/bin";
+}
+
+/* The first entry of path holding a regular file named file with an
+ * execute bit: what the child's search would run, found with a stat per
+ * entry here rather than a failed execve per entry there. Relative entries
+ * are relative to cwd, where the child execs. Fills exe (PATH_MAX bytes);
+ * returns it, or NULL if there is no such file. */
+static const char *path_lookup(const char *file, const char *path,
+                               const char *cwd, char *exe)
+{
+    size_t flen = strlen(file);
+    char buf[PATH_MAX];
+    for (const char *p = path;; ) {
+        const char *colon = strchr(p, ':');
+        size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+        if (path_join(exe, PATH_MAX, p, dlen, file, flen) == 0) {
+            const char *at = exe;
+            if (exe[0] != '/' && cwd) {
+                int n = snprintf(buf, sizeof buf, "%s/%s", cwd, exe);
+                at = n >= 0 && (size_t)n < sizeof buf ? buf : NULL;
+            }
+            struct stat st;
+            if (at && stat(at, &st) == 0 && S_ISREG(st.st_mode) &&
+                (st.st_mode & 0111))
+                return exe;
+        }
+        if (colon == NULL)
+            return NULL;
+        p = colon + 1;
+    }
 }
 
 static void close_pair(int fds[2])
 {
-    for (int i = 0; i < 2; i++)
-        if (fds[i] >= 0) {
-            close(fds[i]);
-            fds[i] = -1;
-        }
+    close_fd(&fds[0]);
+    close_fd(&fds[1]);
 }
 
-/* A child that failed before exec exits at once: reap it here, so that no
- * status of it ever reaches the loop. */
+/* The hold slots back to /dev/null: the agent keeps no write end of a
+ * child's pipes, so their readers see EOF once the child's are gone. */
+static void release_hold(void)
+{
+    for (int i = 0; i < 2; i++)
+        if (dup3(P.devnull, P.hold[i], O_CLOEXEC) < 0)
+            log_warn("proc", "dup3 over fd %d: %s", P.hold[i], strerror(errno));
+}
+
+/* A child that failed before exec has exited (or is exiting): reap it
+ * here, so that no status of it ever reaches the loop. */
 static void reap_now(pid_t pid)
 {
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
-}
-
-/* Waits for the error pipe: EOF is a successful exec. Returns 0, or -1
- * with err filled. */
-static int await_exec(int fd, pid_t pid, struct proc_error *err)
-{
-    int msg[2];
-    size_t got = 0;
-    while (got < sizeof msg) {
-        ssize_t n = read(fd, (char *)msg + got, sizeof msg - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            /* Cannot tell how it went: make sure it did not go at all. */
-            err->stage = "spawn";
-            err->err = errno;
-            kill(pid, SIGKILL);
-            return -1;
-        }
-        if (n == 0)
-            break;
-        got += (size_t)n;
-    }
-    if (got == 0)
-        return 0;
-    if (got == sizeof msg && msg[0] >= 0 && msg[0] < ST_COUNT) {
-        err->stage = stage_names[msg[0]];
-        err->err = msg[1];
-    } else {
-        err->stage = "spawn";
-        err->err = EPROTO;
-    }
-    return -1;
 }
 
 static unsigned long long read_starttime(pid_t pid)
@@ -767,10 +1027,11 @@ struct proc *proc_spawn(struct ev_loop *loop, const struct proc_spec *spec,
                         proc_exit_fn *on_exit, void *ud,
                         struct proc_error *err)
 {
-    int report[2] = {-1, -1}, outp[2] = {-1, -1}, errp[2] = {-1, -1};
+    int outp[2] = {-1, -1}, errp[2] = {-1, -1}, held = 0;
     char *idvar = NULL;
     char **envp = NULL;
     struct proc *p = NULL;
+    char exe[PATH_MAX];
 
     err->stage = "spawn";
     if (proc_init(loop) < 0) {
@@ -784,58 +1045,55 @@ struct proc *proc_spawn(struct ev_loop *loop, const struct proc_spec *spec,
         err->err = ENOMEM;
         goto fail;
     }
-    err->stage = "pipe";
-    if (pipe2(report, O_CLOEXEC) < 0)
-        goto fail_errno;
     struct child_args args = {
-        .spec = spec, .envp = envp, .path = env_path(envp),
-        .report = report[1],
+        .spec = spec, .envp = envp,
         .stdio = {P.devnull, P.devnull, P.devnull},
+        .keep = P.keep,
+        .restore_nofile = P.nofile_raised, .nofile = P.nofile,
+        .stage = -1,
     };
+    const char *file = spec->argv[0];
+    if (strchr(file, '/')) {
+        args.exe = file;
+    } else {
+        args.path = env_path(envp);
+        args.exe = path_lookup(file, args.path, spec->cwd, exe);
+    }
     if (spec->output) {
+        err->stage = "pipe";
         if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 ||
             fcntl(outp[0], F_SETFL, O_NONBLOCK) < 0 ||
             fcntl(errp[0], F_SETFL, O_NONBLOCK) < 0)
             goto fail_errno;
-        args.stdio[1] = outp[1];
-        args.stdio[2] = errp[1];
+        /* The write ends move to the low slots the child keeps. */
+        held = 1;
+        if (dup3(outp[1], P.hold[0], O_CLOEXEC) < 0 ||
+            dup3(errp[1], P.hold[1], O_CLOEXEC) < 0)
+            goto fail_errno;
+        close_fd(&outp[1]);
+        close_fd(&errp[1]);
+        args.stdio[1] = P.hold[0];
+        args.stdio[2] = P.hold[1];
     }
 
-    /* Block every signal across fork: the child must not run an agent
-     * handler (libev's would write to the loop's wakeup fd) before it has
-     * reset the dispositions. */
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0)
-        child(&args);
+    pid_t pid = spawn_child(&args);
     int fork_err = errno;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    close(report[1]);
-    report[1] = -1;
-    if (outp[1] >= 0) {
-        close(outp[1]);
-        close(errp[1]);
-        outp[1] = errp[1] = -1;
+    if (held) {
+        release_hold();
+        held = 0;
     }
     if (pid < 0) {
         err->stage = "fork";
         err->err = fork_err;
         goto fail;
     }
-    /* Also here, so the group exists whichever side runs first; EACCES
-     * means the child has already exec'd, having done it itself. */
-    if (setpgid(pid, pid) < 0 && errno != EACCES && errno != ESRCH)
-        log_debug("proc", "%s: setpgid(%d): %s", spec->id, (int)pid,
-                  strerror(errno));
-    watchdog_track(pid);
-    if (await_exec(report[0], pid, err) < 0) {
-        watchdog_untrack(pid);
+    if (args.stage >= 0) {
+        err->stage = args.stage < ST_COUNT ? stage_names[args.stage] : "spawn";
+        err->err = args.err;
         reap_now(pid);
         goto fail;
     }
-    close(report[0]);
+    watchdog_track(pid);
     free(envp);
     free(idvar);
 
@@ -861,7 +1119,8 @@ struct proc *proc_spawn(struct ev_loop *loop, const struct proc_spec *spec,
 fail_errno:
     err->err = errno;
 fail:
-    close_pair(report);
+    if (held)
+        release_hold();
     close_pair(outp);
     close_pair(errp);
     free(p);

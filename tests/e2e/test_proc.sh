@@ -34,7 +34,8 @@ test_exit_status_and_output_are_reported() {
                        output = P.s, on_exit = function(st) P.st = st end}" >/dev/null
   wait_lua 3 "on_exit" "P.st ~= nil"
   expect_eq "3 nil nil false" "$(px 'out(P.st.code, P.st.signal, P.st.signame, P.st.core)')" "status"
-  expect_eq true "$(px 'out(P.st.runtime >= 0.2 and P.st.runtime < 2)')" "runtime"
+  # lower bound only: a loaded machine (or ASan) may stretch it, never shrink it
+  expect_eq true "$(px 'out(P.st.runtime >= 0.19)')" "runtime"
   expect_eq "$(px 'out(P.h:pid())')" "$(px 'out(P.st.pid)')" "status.pid"
   expect_eq false "$(px 'out(P.h:running())')" "running() after exit"
   # both lines in the ring, with their streams
@@ -354,4 +355,144 @@ SH
   # a clean stop: the watchdog exits quietly, the agent cleans up itself
   stop_agent a TERM
   local p; for p in $pids; do wait_for 1 "pid $p gone after the agent stopped" gone "$p"; done
+}
+
+test_open_file_limit_is_raised_for_the_agent_only() {
+  local hard; hard=$(ulimit -H -n)
+  if [ "$hard" != unlimited ] && [ "$hard" -le 512 ]; then
+    echo "SKIP: the hard open file limit ($hard) leaves no room above 256"; exit 77
+  fi
+  ulimit -S -n 256       # the agent inherits it; the hard limit stays
+  start_agent a
+  # 3 fds per child in the agent (two pipes and a log file): 150 children
+  # need some 450, far over the soft limit the agent started with.
+  px "P.n = 0
+      for i = 1, 150 do
+        local s = assert(proc.output{path = '$T/c' .. i .. '.log'})
+        assert(proc.spawn{id = 'c' .. i, argv = {'sh', '-c', 'grep \"Max open files\" /proc/self/limits; ulimit -n; exec sleep 1000'},
+                          output = s, on_exit = function() P.n = P.n + 1 end})
+      end" >/dev/null || fail "150 spawns failed"
+  expect_eq 150 "$(px 'out(proc.count())')" "children running"
+  wait_for 5 "the last child's output" grep -q 'stdout 256$' "$T/c150.log"
+  local soft; soft=$(awk '/^Max open files/ {print $4}' /proc/"${AGENT_PID[a]}"/limits)
+  [ "$soft" = "$(awk '/^Max open files/ {print $5}' /proc/"${AGENT_PID[a]}"/limits)" ] \
+    || fail "the agent's soft limit ($soft) was not raised to the hard one"
+  # the children get the limit the agent started with, hard limit untouched
+  local f; f=$(cat "$T/c150.log")
+  expect_match "stdout Max open files +256 +$hard +files" "$f" "the child's /proc/self/limits"
+  expect_match "stdout 256$" "$f" "ulimit -n in the child"
+  # a spec's own limit still wins
+  px "P.s = proc.output{}
+      proc.spawn{id = 'own', argv = {'sh', '-c', 'ulimit -n'}, output = P.s, rlimits = {nofile = 100},
+                 on_exit = function() P.own = true end}" >/dev/null
+  wait_lua 3 "the child with its own limit" "P.own"
+  expect_eq 100 "$(px 'out(P.s:lines()[1].text)')" "rlimits.nofile"
+  # and a child's fds are 0, 1, 2 however many the agent holds
+  local pid; pid=$(pgrep -P "${AGENT_PID[a]}" -x sleep | head -1)
+  expect_eq "0 1 2" "$(ls /proc/"$pid"/fd | sort -n | tr '\n' ' ' | sed 's/ $//')" "fds of a child among 150"
+  stop_agent a   # exit status 0: under ASan, no leak and no error
+}
+
+test_path_search_takes_the_first_executable_match() {
+  start_agent a
+  mkdir -p "$T/noexec" "$T/dir/prog-pogo" "$T/bin" "$T/later" "$T/work/rel"
+  printf '#!/bin/sh\necho noexec\n' >"$T/noexec/prog-pogo"       # mode 644: skipped
+  printf '#!/bin/sh\necho bin\n' >"$T/bin/prog-pogo"
+  printf '#!/bin/sh\necho later\n' >"$T/later/prog-pogo"
+  printf '#!/bin/sh\necho relative\n' >"$T/work/rel/rel-pogo"
+  printf '#!/bin/sh\necho other\n' >"$T/rel-pogo"
+  chmod 644 "$T/noexec/prog-pogo"
+  chmod 755 "$T/bin/prog-pogo" "$T/later/prog-pogo" "$T/work/rel/rel-pogo" "$T/rel-pogo"
+  px "P.s = proc.output{}
+      P.n = 0
+      function P.run(id, argv, path, extra)
+        local o = {id = id, argv = argv, output = P.s, env = {PATH = path},
+                   on_exit = function() P.n = P.n + 1 end}
+        for k, v in pairs(extra or {}) do o[k] = v end
+        return proc.spawn(o)
+      end
+      assert(P.run('first', {'prog-pogo'}, '$T/noexec:$T/dir:/no/such/dir:$T/bin:$T/later'))
+      -- a relative entry is relative to the child's cwd, as in execvp
+      assert(P.run('rel', {'rel-pogo'}, 'rel:$T', {cwd = '$T/work'}))" >/dev/null
+  wait_lua 3 "both exits" "P.n == 2"
+  expect_eq $'bin\nrelative' "$(px "for _, l in ipairs(P.s:lines()) do out(l.text) end" | sort)" "what ran"
+  # nothing executable anywhere: EACCES if something was found, else ENOENT
+  expect_eq "exec EACCES" "$(px "local _, _, c, d = P.run('e', {'prog-pogo'}, '$T/noexec:$T/dir') out(d.stage, c)")" "only a non-executable match"
+  expect_eq "exec ENOENT" "$(px "local _, _, c, d = P.run('e', {'prog-pogo'}, '/no/such/dir:$T/work') out(d.stage, c)")" "no match"
+  expect_match "^ENOENT: spawn e: exec missing-pogo: No such file or directory" \
+    "$(px "out(select(2, P.run('e', {'missing-pogo'}, '$T/bin:/usr/bin:/bin')))")" "a missing program"
+  # a match the child's user may not run: the search goes on past it
+  if [ "$(id -u)" = 0 ] && id -u nobody >/dev/null 2>&1; then
+    mkdir -p "$T/rootonly"; chmod 755 "$T" "$T/rootonly" "$T/later"
+    printf '#!/bin/sh\necho rootonly\n' >"$T/rootonly/prog-pogo"
+    chmod 700 "$T/rootonly/prog-pogo"
+    px "assert(P.run('user', {'prog-pogo'}, '$T/rootonly:$T/later', {user = 'nobody'}))" >/dev/null
+    wait_lua 3 "the exit" "P.n == 3"
+    expect_eq later "$(px "out(P.s:lines()[3].text)")" "the search as the child's user"
+    expect_eq "exec EACCES" "$(px "local _, _, c, d = P.run('e', {'prog-pogo'}, '$T/rootonly', {user = 'nobody'}) out(d.stage, c)")" "only a match the user may not run"
+  fi
+  expect_eq 0 "$(px 'out(proc.count())')" "count()"
+  [ -z "$(zombies)" ] || fail "zombies left: $(zombies)"
+  stop_agent a   # exit status 0: under ASan, no leak and no error
+}
+
+test_children_start_with_default_signal_dispositions() {
+  # Ignored in the shell that starts the agent, so ignored in the agent;
+  # the agent itself catches TERM, INT, HUP and CHLD and ignores PIPE.
+  trap '' USR2 ALRM
+  start_agent a
+  trap - USR2 ALRM
+  local ign; ign=$(awk '/^SigIgn/ {print $2}' /proc/"${AGENT_PID[a]}"/status)
+  [ $(( 0x$ign & (1 << 11) )) -ne 0 ] || fail "USR2 not ignored in the agent: SigIgn $ign"
+  px "P.s = proc.output{}
+      proc.spawn{id = 'sig', argv = {'cat', '/proc/self/status'}, output = P.s, on_exit = function() P.done = true end}" >/dev/null
+  wait_lua 3 "the exit" "P.done"
+  local st; st=$(px "for _, l in ipairs(P.s:lines()) do out(l.text) end")
+  local f
+  for f in SigIgn SigBlk SigCgt SigPnd; do
+    grep -qx "$f:"$'\t'"0000000000000000" <<<"$st" || fail "$f in the child: $(grep "^$f" <<<"$st")"
+  done
+  # HUP, which the agent catches (reload), has its default action again in
+  # a child: it kills it, and the agent reloads nothing
+  px "P.got = {}
+      for i = 1, 20 do
+        local h = proc.spawn{id = 's' .. i, argv = {'sleep', '1000'}, on_exit = function(st) P.got[#P.got + 1] = st.signame end}
+        h:kill('HUP')
+      end" >/dev/null
+  wait_lua 3 "20 exits" "#P.got == 20"
+  expect_eq 20 "$(px 'local n = 0 for _, s in ipairs(P.got) do if s == "SIGHUP" then n = n + 1 end end out(n)')" "killed by HUP"
+  grep -qi reload "$T/a.log" && fail "the agent saw a HUP: $(grep -i reload "$T/a.log")"
+  stop_agent a   # exit status 0: under ASan, no leak and no error
+}
+
+test_leftovers_die_even_when_the_replacement_starts_at_once() {
+  start_agent a
+  # Each generation leaves a daemon re-parented to the agent, then exits
+  # (but the 4th, which stays up); on_exit starts the next one at once, so
+  # a daemon and the replacement start within a clock tick of each other.
+  script gen <<'SH'
+sh -c 'setsid sleep 1000 & echo $! >"$1/d$2"' sh "$1" "$2"
+[ "$2" -ge 4 ] && exec sleep 1000
+exit 1
+SH
+  px "P.n = 0
+      function P.start()
+        P.n = P.n + 1
+        P.h = assert(proc.spawn{id = 'gen', argv = {'sh', '$T/gen.sh', '$T', tostring(P.n)},
+                                on_exit = function() if P.n < 4 then P.start() end end})
+      end
+      P.start()" >/dev/null
+  wait_for 3 "the 4th daemon" test -s "$T/d4"
+  local d
+  for d in 1 2 3; do
+    wait_for 1 "daemon $d gone" gone "$(cat "$T/d$d")"
+  done
+  # a sweep while the 4th runs spares its daemon: it started after its main
+  px "P.t = proc.spawn{id = 'other', argv = {'true'}, on_exit = function() P.other = true end}" >/dev/null
+  wait_lua 3 "the other exit" "P.other"
+  sleep 0.1
+  gone "$(cat "$T/d4")" && fail "the running generation's daemon was killed"
+  px "P.h:close()" >/dev/null
+  wait_for 1 "daemon 4 gone once its main is" gone "$(cat "$T/d4")"
+  stop_agent a   # exit status 0: under ASan, no leak and no error
 }
