@@ -983,6 +983,23 @@ static void deliver_notes(struct link_ctx *c)
     }
 }
 
+/* Parses host:port and opens a non-blocking TCP socket of its family.
+ * Returns the fd, or -1 with err set and errno kept. */
+static int tcp_socket(const char *host, int port, int passive,
+                      struct sockaddr_storage *ss, socklen_t *sl, char *err,
+                      size_t errlen)
+{
+    if (parse_addr(host, port, passive, ss, sl, err, errlen) < 0)
+        return -1;
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        int e = errno;
+        set_error(err, errlen, "socket");
+        errno = e;
+    }
+    return fd;
+}
+
 /* ---- listening ------------------------------------------------------------- */
 
 /* Our own dial arriving at our own listener (a seed list that names this
@@ -1071,15 +1088,9 @@ struct link_listener *link_listen(struct link_ctx *c, const char *host,
     socklen_t sl;
     int one = 1;
 
-    if (parse_addr(host, port, 1, &ss, &sl, err, errlen) < 0)
+    int fd = tcp_socket(host, port, 1, &ss, &sl, err, errlen);
+    if (fd < 0)
         return NULL;
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        int e = errno;
-        set_error(err, errlen, "socket");
-        errno = e;
-        return NULL;
-    }
     char addr[ADDR_MAX];
     format_addr((struct sockaddr *)&ss, addr, sizeof addr);
     /* SO_REUSEADDR: a restarted agent can take its port back while the old
@@ -1159,15 +1170,9 @@ struct link *link_dial(struct link_ctx *c, const char *host, int port,
     struct sockaddr_storage ss;
     socklen_t sl;
 
-    if (parse_addr(host, port, 0, &ss, &sl, err, errlen) < 0)
+    int fd = tcp_socket(host, port, 0, &ss, &sl, err, errlen);
+    if (fd < 0)
         return NULL;
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        int e = errno;
-        set_error(err, errlen, "socket");
-        errno = e;
-        return NULL;
-    }
     struct link *l = link_new(c, fd, 1);
     if (l == NULL) {
         close(fd);

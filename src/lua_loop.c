@@ -1,39 +1,35 @@
 /*
  * lua_loop.c - pogo.core.loop: the agent's one libev loop, seen from Lua.
  *
- * Timers, signals and file watches are full userdata handles. A started
- * watcher is anchored in the registry so the GC cannot free memory libev
- * still points to; stopping or closing it drops the anchor, and __gc /
+ * Timers and signals are full userdata handles (file watches are in
+ * lua_fswatch.c). A started watcher is anchored in the registry so the GC
+ * cannot free memory libev still points to; stopping or closing it drops the anchor, and __gc /
  * __close stop it if the script forgot to.
  */
 #include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "pogo.h"
 
-enum watcher_kind { W_TIMER, W_SIGNAL, W_STAT };
+enum watcher_kind { W_TIMER, W_SIGNAL };
 
-static const char *const type_names[] = {"pogo.timer", "pogo.signal",
-                                          "pogo.watch"};
+static const char *const type_names[] = {"pogo.timer", "pogo.signal"};
 
 struct watcher {
     union {
         ev_watcher any;
         ev_timer timer;
         ev_signal signal;
-        ev_stat stat;
     } w;
     enum watcher_kind kind;
     lua_State *L;
     int callback;     /* registry ref of the Lua function, or LUA_NOREF */
     int anchor;       /* registry ref of the userdata while started */
-    char *path;       /* W_STAT: libev keeps a pointer to it; owned */
 };
 
 static struct watcher *check_watcher(lua_State *L, int idx)
 {
-    for (int k = W_TIMER; k <= W_STAT; k++) {
+    for (int k = W_TIMER; k <= W_SIGNAL; k++) {
         struct watcher *w = luaL_testudata(L, idx, type_names[k]);
         if (w)
             return w;
@@ -48,7 +44,6 @@ static void watcher_stop(struct watcher *w)
     switch (w->kind) {
     case W_TIMER: ev_timer_stop(loop, &w->w.timer); break;
     case W_SIGNAL: ev_signal_stop(loop, &w->w.signal); break;
-    case W_STAT: ev_stat_stop(loop, &w->w.stat); break;
     }
     luart_unref(w->L, &w->anchor);
 }
@@ -59,7 +54,6 @@ static void watcher_start(lua_State *L, struct watcher *w, int idx)
     switch (w->kind) {
     case W_TIMER: ev_timer_start(loop, &w->w.timer); break;
     case W_SIGNAL: ev_signal_start(loop, &w->w.signal); break;
-    case W_STAT: ev_stat_start(loop, &w->w.stat); break;
     }
     if (w->anchor == LUA_NOREF)
         w->anchor = luart_ref(L, idx);
@@ -85,11 +79,6 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
-{
-    on_event(loop, (ev_watcher *)w, revents);
-}
-
-static void on_stat(struct ev_loop *loop, ev_stat *w, int revents)
 {
     on_event(loop, (ev_watcher *)w, revents);
 }
@@ -163,21 +152,6 @@ static int l_signal(lua_State *L)
     return 1;
 }
 
-/* watch(path, interval, fn) -> watch handle: fn runs when stat(path)
- * changes (inotify where libev has it, else polled every interval). */
-static int l_watch(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    double interval = luaL_optnumber(L, 2, 0);
-    struct watcher *w = new_watcher(L, W_STAT, 3);
-    w->path = strdup(path);
-    if (w->path == NULL)
-        return luaL_error(L, "out of memory");
-    ev_stat_init(&w->w.stat, on_stat, w->path, interval);
-    watcher_start(L, w, -1);
-    return 1;
-}
-
 static int l_stop(lua_State *L)
 {
     watcher_stop(check_watcher(L, 1));
@@ -198,8 +172,6 @@ static int l_close(lua_State *L)
         return 0;
     watcher_stop(w);
     luart_unref(L, &w->callback);
-    free(w->path);
-    w->path = NULL;
     w->L = NULL;
     return 0;
 }
@@ -245,7 +217,7 @@ int luaopen_pogo_loop(lua_State *L)
         {"__tostring", l_tostring},
         {NULL, NULL},
     };
-    for (int k = W_TIMER; k <= W_STAT; k++) {
+    for (int k = W_TIMER; k <= W_SIGNAL; k++) {
         luaL_newmetatable(L, type_names[k]);
         luaL_setfuncs(L, meta, 0);
         luaL_newlib(L, methods);
@@ -259,7 +231,6 @@ int luaopen_pogo_loop(lua_State *L)
     static const luaL_Reg fns[] = {
         {"timer", l_timer},
         {"signal", l_signal},
-        {"watch", l_watch},
         {"run", l_run},
         {"stop", l_break},
         {"now", l_now},

@@ -1083,27 +1083,6 @@ static int l_state_gc(lua_State *L)
     return 0;
 }
 
-/* A metatable with methods, close = __gc = __close. [-0, +0, m] */
-static void new_type(lua_State *L, const char *name, const luaL_Reg *methods,
-                     lua_CFunction close, lua_CFunction tostring)
-{
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "close");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__close");
-    if (tostring) {
-        lua_pushcfunction(L, tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
-
 int luaopen_pogo_proc(lua_State *L)
 {
     static const luaL_Reg proc_m[] = {
@@ -1112,6 +1091,10 @@ int luaopen_pogo_proc(lua_State *L)
         {"id", l_proc_id},
         {"running", l_proc_running},
         {"kill", l_proc_kill},
+        {"close", l_proc_close},
+        {"__gc", l_proc_close},
+        {"__close", l_proc_close},
+        {"__tostring", l_proc_tostring},
         {NULL, NULL},
     };
     static const luaL_Reg sink_m[] = {
@@ -1120,15 +1103,22 @@ int luaopen_pogo_proc(lua_State *L)
         {"write", l_sink_write},
         {"on_line", l_sink_on_line},
         {"reopen", l_sink_reopen},
+        {"close", l_sink_close},
+        {"__gc", l_sink_close},
+        {"__close", l_sink_close},
+        {"__tostring", l_sink_tostring},
         {NULL, NULL},
     };
     static const luaL_Reg notify_m[] = {
         {"path", l_notify_path},
+        {"close", l_notify_close},
+        {"__gc", l_notify_close},
+        {"__close", l_notify_close},
         {NULL, NULL},
     };
-    new_type(L, PROC_T, proc_m, l_proc_close, l_proc_tostring);
-    new_type(L, OUTPUT_T, sink_m, l_sink_close, l_sink_tostring);
-    new_type(L, NOTIFY_T, notify_m, l_notify_close, NULL);
+    luart_newtype(L, PROC_T, proc_m, NULL);
+    luart_newtype(L, OUTPUT_T, sink_m, NULL);
+    luart_newtype(L, NOTIFY_T, notify_m, NULL);
 
     /* One module state per Lua state, whatever happens to package.loaded. */
     if (lua_getfield(L, LUA_REGISTRYINDEX, STATE_T) == LUA_TNIL) {

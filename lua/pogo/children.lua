@@ -11,6 +11,7 @@
 local fswatch = require "pogo.core.fswatch"
 local log = require "pogo.log"
 local loop = require "pogo.core.loop"
+local sandbox = require "pogo.sandbox"
 local spec = require "pogo.spec"
 local sys = require "pogo.core.sys"
 
@@ -34,20 +35,12 @@ function M.new(dir, opts)
   }, { __index = M })
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 --- Re-reads the directory; returns the desired set (id -> spec).
 function M:scan()
-  local names, err = sys.dir(self.dir)
+  local names, derr = sys.dir(self.dir)
   if not names then
-    self.errors[self.dir] = err
-    L.error("cannot read the children directory: %s", err)
+    self.errors[self.dir] = derr
+    L.error("cannot read the children directory: %s", derr)
     names = {}
   else
     self.errors[self.dir] = nil
@@ -57,33 +50,34 @@ function M:scan()
     if name:match("%.lua$") and not name:match("^%.") then
       local path = self.dir .. "/" .. name
       seen[path] = true
-      local src = read(path)
+      local src, err = sandbox.read(path)
       local prev = self.files[path]
       local specs
       if src and prev and prev.src == src and not self.errors[path] then
         specs = prev.specs                       -- unchanged text: no re-evaluation
-      elseif src then
-        local list, lerr = spec.load_file(path, { budget = self.budget, env = { pogo = require "pogo" } })
-        if list then
-          specs = list
-          self.files[path] = { src = src, specs = list }
+      else
+        if src then
+          specs, err = spec.load_file(path, { budget = self.budget, env = { pogo = require "pogo" }, src = src })
+        end
+        if specs then
+          self.files[path] = { src = src, specs = specs }
           self.errors[path] = nil
         else
-          self.errors[path] = lerr
-          L.error("%s (keeping its previous version)", lerr)
+          self.errors[path] = err
+          L.error("%s (keeping its previous version)", err)
           specs = prev and prev.specs or {}
         end
       end
       -- First file by name owns an id; a later file defining it is an error.
       local clash
-      for _, s in ipairs(specs or {}) do
+      for _, s in ipairs(specs) do
         if owner[s.id] then clash = s.id break end
       end
       if clash then
         self.errors[path] = ("%s: child '%s' is already defined in %s"):format(path, clash, owner[clash])
         L.error("%s", self.errors[path])
       else
-        for _, s in ipairs(specs or {}) do
+        for _, s in ipairs(specs) do
           owner[s.id] = path
           desired[s.id] = s
         end

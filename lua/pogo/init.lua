@@ -14,9 +14,7 @@ M.log = {
   error = require("pogo.log").error,
 }
 
--- The agent fills these in at start and on every reload.
 M.cluster = {}
-M.errors = {}
 
 --- This node: name, listen address, tags, weight.
 function M.cluster.self()

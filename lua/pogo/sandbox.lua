@@ -81,11 +81,13 @@ function M.run(src, path, env, budget)
   return true, res[2]
 end
 
---- Loads the file at path: M.read + M.run with a strict environment over
---- M.base(extra). Returns true, value, source | nil, message, traceback.
+--- Loads the file at path: M.read (unless the caller already read it and
+--- passes opts.src) + M.run with a strict environment over M.base(extra).
+--- Returns true, value, source | nil, message, traceback.
 function M.load(path, opts)
   opts = opts or {}
-  local src, err = M.read(path)
+  local src, err = opts.src, nil
+  if not src then src, err = M.read(path) end
   if not src then return nil, err end
   local env = M.strict(M.base(opts.env))
   local ok, value, tb = M.run(src, path, env, opts.budget)

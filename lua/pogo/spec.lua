@@ -777,11 +777,12 @@ end
 
 --- Loads a spec file (one spec or a list of them) in the sandbox and
 --- normalises every spec. All or nothing: the first error fails the file.
---- opts: budget (seconds), env (extra globals, e.g. pogo).
+--- opts: budget (seconds), env (extra globals, e.g. pogo), src (the file's
+--- text, when the caller has already read it).
 function M.load_file(path, opts)
   opts = opts or {}
   for name, v in pairs(opts.env or {}) do share(v, name, 1) end
-  local ok, value, src = sandbox.load(path, { budget = opts.budget or 1, env = opts.env })
+  local ok, value, src = sandbox.load(path, { budget = opts.budget or 1, env = opts.env, src = opts.src })
   if not ok then return nil, value end
   if type(value) ~= "table" then
     return nil, ("%s: a spec file must return a spec table or a list of them, got %s"):format(path, describe(value))

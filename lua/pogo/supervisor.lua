@@ -366,7 +366,6 @@ fire = function(e, event, ctx)
     L.debug("child '%s': %s --%s--> %s", e.id, before, event, e.rec.state)
   end
   for _, a in ipairs(actions) do act(e, a, ctx) end
-  if event == "reset" then child.reset_backoff(e.rec) end
   settle(e)
   return true
 end
