@@ -62,7 +62,7 @@ describe("#unit pogo.spec", function()
         log = { max_size = 10 * 1024 * 1024, max_files = 5, ring = 1000 },
         tags = {},
         weight = 1,
-        partition = "available",
+        partition = "available", handoff = "make_before_break",
         file = PATH,
       }, s)
     end)

@@ -6,6 +6,7 @@
 local children = require "pogo.children"
 local config = require "pogo.config"
 local control = require "pogo.control"
+local dsup = require "pogo.dsup"
 local core_control = require "pogo.core.control"
 local fswatch = require "pogo.core.fswatch"
 local hooks = require "pogo.hooks"
@@ -69,7 +70,10 @@ local function open_children(cfg)
     return
   end
   source = children.new(cfg.children, {
-    on_change = supervisor.apply, errors = M.errors, budget = cfg.budget,
+    on_change = function(desired, files)
+      if dsup.running() then dsup.apply_files(desired, files) else supervisor.apply(desired) end
+    end,
+    errors = M.errors, budget = cfg.budget,
   })
   source:start()
 end
@@ -82,7 +86,7 @@ local function watch_files(cfg)
   for _, w in ipairs(watches) do w:close() end
   watches = {}
   local names = {}
-  for _, path in ipairs { M.path, cfg.hooks, cfg.secret_file } do
+  for _, path in ipairs { M.path, cfg.hooks, cfg.secret_file, cfg.placement } do
     if path then
       local dir = util.dirname(path)
       names[dir] = names[dir] or {}
@@ -123,7 +127,15 @@ local function start_cluster(cfg)
     return false, err
   end
   cluster_on = true
-  require("pogo.pg").attach(cluster.default())
+  local pg = require("pogo.pg").attach(cluster.default())
+  dsup.start {
+    cluster = cluster.default(), pg = pg, budget = cfg.budget, expect = cfg.expect,
+    lease = cfg.lease, policy = cfg.placement, seeds = cfg.seeds,
+  }
+  if cfg.placement then
+    local _, perr = dsup.policy_error()
+    M.errors[cfg.placement] = perr
+  end
   cluster.on("up", function(node)
     hooks.run("on_node_up", nil, ("node '%s'"):format(node.name), node)
   end)
@@ -137,6 +149,8 @@ local function reload_cluster(cfg, old)
   if not cluster_on then return end
   local cluster = require "pogo.cluster"
   if not same(node_meta(cfg), node_meta(old)) then cluster.set_meta(node_meta(cfg)) end
+  local _, perr = dsup.set_policy(cfg.placement)
+  if cfg.placement then M.errors[cfg.placement] = perr end
   local ok, err = require("pogo.core.link").reload_keys()
   if not ok then
     M.errors[cfg.secret_file] = err
@@ -199,7 +213,10 @@ local function longest_shutdown()
   return longest
 end
 
+local stop_children   -- forward
+
 local function finish()
+  dsup.close()
   if cluster_on then require("pogo.cluster").stop() cluster_on = false end
   if source then source:close() source = nil end
   for _, w in ipairs(watches) do w:close() end
@@ -213,7 +230,8 @@ end
 
 --- Stops every child (in parallel, each with its own stop sequence), then
 --- closes everything; run() returns once the loop ends.
-function M.shutdown(why)
+function M.shutdown(why, opts)
+  opts = opts or {}
   if stopping then
     L.warn("second %s: stopping now", why)
     finish()
@@ -222,6 +240,21 @@ function M.shutdown(why)
   stopping = true
   L.info("shutting down (%s)", why)
   if source then source:close() source = nil end
+  if dsup.running() and not opts.no_drain then
+    -- Hand the children to the other nodes first (nothing to do alone).
+    dsup.drain(M.config.drain_timeout, function(moved, left)
+      if moved > 0 then L.info("drained: %d children handed over, %d left here", moved, left) end
+      if opts.drained then opts.drained(moved, left) end
+      dsup.close()
+      stop_children()
+    end)
+    return
+  end
+  dsup.close()
+  stop_children()
+end
+
+stop_children = function()
   local deadline = loop.timer(longest_shutdown() + M.SHUTDOWN_GRACE, 0, function()
     L.error("children still running after the shutdown deadline; the watchdog kills them")
     finish()
@@ -242,6 +275,7 @@ function M.run(path)
   M.path, M.config = path, cfg
   control.agent.config = cfg
   control.agent.pogo = require "pogo"
+  control.agent.shutdown = M.shutdown
   apply_log(cfg)
 
   local ok, merr = sys.mkdir(util.dirname(cfg.control), tonumber("700", 8))

@@ -21,7 +21,7 @@ local M = {}
 
 M.DEBOUNCE = 0.05       -- a burst of saves is applied once
 
---- A source of specs: new(dir, opts) with opts.on_change(specs_by_id),
+--- A source of specs: new(dir, opts) with opts.on_change(specs_by_id, files),
 --- opts.errors (path -> message table to fill), opts.budget.
 function M.new(dir, opts)
   return setmetatable({
@@ -93,9 +93,10 @@ function M:scan()
   return desired
 end
 
---- Scans now and reports the desired set to on_change.
+--- Scans now and reports the desired set (id -> spec) and the files (path
+--- -> { src = text, specs = list }) to on_change.
 function M:apply()
-  self.on_change(self:scan())
+  self.on_change(self:scan(), self.files)
 end
 
 --- Starts watching; the first scan happens at once.

@@ -245,8 +245,21 @@ function M.ps_table(rows)
   return columns(lines)
 end
 
-local function simple(req, opts, on_ok)
-  local resp, rerr = M.request(opts, req)
+--- The `pogo ps --global` table: one row per instance, with its node.
+function M.ps_global_table(rows)
+  local lines = { { "ID", "NODE", "STATE", "PID", "GEN", "UPTIME", "RESTARTS", "REASON" } }
+  for _, r in ipairs(rows) do
+    lines[#lines + 1] = {
+      r.id, r.node or "-", r.state, r.pid and tostring(r.pid) or "-",
+      r.generation and tostring(r.generation) or "-", fmt_uptime(r.uptime),
+      tostring(r.restarts or 0), r.reason or "-",
+    }
+  end
+  return columns(lines)
+end
+
+local function simple(req, opts, on_ok, timeout)
+  local resp, rerr = M.request(opts, req, timeout)
   if not resp then err("pogo ", req.op, ": ", rerr, "\n") return 1 end
   if not resp.ok then err("pogo ", req.op, ": ", resp.error, "\n") return 1 end
   if on_ok then on_ok(resp) end
@@ -260,15 +273,21 @@ local function to_json(v)
 end
 
 command("ps", {
-  usage = "pogo ps [-s SOCKET] [--json]",
-  summary = "list the children of an agent: state, pid, uptime, restarts, last exit",
-  options = { SOCKET_OPT, { "j", "json", help = "print JSON" } },
+  usage = "pogo ps [-s SOCKET] [--global] [--json] [PATTERN]",
+  summary = "list children: this agent's, or with --global every child of the cluster",
+  details = "--global shows one row per running instance with its node and generation,\n"
+    .. "and children that run nowhere as pending (with the reason) or stopped.\n"
+    .. "PATTERN (a Lua pattern) filters the ids of --global.",
+  options = { SOCKET_OPT, { "g", "global", help = "every child of the cluster" }, { "j", "json", help = "print JSON" } },
   run = function(opts, args)
-    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
-    return simple({ op = "ps" }, opts, function(resp)
+    if #args > 1 then return nil, ("unexpected argument '%s'"):format(args[2]) end
+    if args[1] and not opts.global then return nil, "PATTERN needs --global" end
+    return simple({ op = "ps", global = opts.global or nil, match = args[1] }, opts, function(resp)
       if opts.json then
         local j = assert(to_json(resp.children))
         out((j == "{}" and "[]" or j), "\n")
+      elseif resp.global then
+        out(M.ps_global_table(resp.children))
       else
         out(M.ps_table(resp.children))
       end
@@ -277,21 +296,94 @@ command("ps", {
 })
 
 command("start", {
-  usage = "pogo start [-s SOCKET] ID | --file SPEC",
+  usage = "pogo start [-s SOCKET] [--wait [SECONDS]] ID | --file SPEC",
   summary = "start a stopped child, or the children of a spec file",
-  options = { SOCKET_OPT, { "f", "file", arg = "SPEC", help = "a spec file to load and start" } },
+  details = "In a cluster the request goes to every node and the child runs where the\n"
+    .. "policy places it. --wait answers once every child runs, with its node, or\n"
+    .. "after SECONDS (default 10) with the reason it does not.",
+  options = {
+    SOCKET_OPT, { "f", "file", arg = "SPEC", help = "a spec file to load and start" },
+    { "w", "wait", help = "wait until running and say where" },
+    { "t", "timeout", arg = "SECONDS", help = "how long --wait waits (default 10)" },
+  },
   run = function(opts, args)
+    local req = { op = "start", wait = opts.wait and (tonumber(opts.timeout) or 10) or nil }
+    if opts.timeout and not tonumber(opts.timeout) then return nil, "--timeout must be a number of seconds" end
     if opts.file then
       if #args > 0 then return nil, "give either ID or --file, not both" end
-      local path = require("pogo.core.sys").realpath(opts.file) or opts.file
-      return simple({ op = "start", file = path }, opts, function(resp)
-        out("started ", table.concat(resp.started, ", "), "\n")
-      end)
+      req.file = require("pogo.core.sys").realpath(opts.file) or opts.file
+    else
+      if #args ~= 1 then return nil, "give one child ID" end
+      req.id = args[1]
     end
-    if #args ~= 1 then return nil, "give one child ID" end
-    return simple({ op = "start", id = args[1] }, opts)
+    return simple(req, opts, function(resp)
+      if resp.placed then
+        for _, p in ipairs(resp.placed) do out(p.id, " running on ", p.node, "\n") end
+      elseif resp.started then
+        out("started ", table.concat(resp.started, ", "), "\n")
+      end
+    end, req.wait and req.wait + 5 or nil)
   end,
 })
+
+command("explain", {
+  usage = "pogo explain [-s SOCKET] [--json] ID",
+  summary = "why a child runs where it runs, or why it does not",
+  options = { SOCKET_OPT, { "j", "json", help = "print JSON" } },
+  run = function(opts, args)
+    if #args ~= 1 then return nil, "give one child ID" end
+    return simple({ op = "explain", id = args[1] }, opts, function(resp)
+      if opts.json then out(assert(to_json(resp.explain)), "\n") return end
+      out(M.explain_text(resp.explain))
+    end)
+  end,
+})
+
+command("drain", {
+  usage = "pogo drain [-s SOCKET]",
+  summary = "hand this node's children to the others (make-before-break), then stop the agent",
+  options = { SOCKET_OPT },
+  run = function(opts, args)
+    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
+    return simple({ op = "drain" }, opts, function(resp)
+      out(("drained: %d children handed over, %d left\n"):format(resp.moved or 0, resp.left or 0))
+    end, 3600)
+  end,
+})
+
+--- The text of `pogo explain`.
+function M.explain_text(x)
+  local lines = {}
+  local function add(fmt, ...) lines[#lines + 1] = fmt:format(...) end
+  add("child %s", x.id)
+  add("  request     version %s%s, from %s", x.request.version, x.request.stopped and " (stopped)" or "",
+    x.request.source or "?")
+  if x.error then add("  spec        cannot load here: %s", x.error) end
+  if x.partition then add("  mode        partition=%s handoff=%s%s", x.partition, x.handoff,
+    x.partition == "quorum" and (" (quorum here: %s)"):format(tostring(x.quorum)) or "") end
+  if x.tags and #x.tags > 0 then add("  tags        %s", table.concat(x.tags, ",")) end
+  if x.nodes then add("  live nodes  %s", table.concat(x.nodes, ", ")) end
+  local p = x.placement
+  if p then
+    add("  policy      %s (digest %s)", p.policy, p.digest)
+    if p.error then add("  policy err  %s", p.error) end
+    add("  eligible    %s", #p.eligible > 0 and table.concat(p.eligible, ", ") or "none")
+    local scores = {}
+    for name, sc in pairs(p.scores) do scores[#scores + 1] = { name, sc } end
+    table.sort(scores, function(a, b) return a[2] > b[2] end)
+    for i, sc in ipairs(scores) do scores[i] = ("%s=%.3g"):format(sc[1], sc[2]) end
+    if #scores > 0 then add("  scores      %s", table.concat(scores, " ")) end
+    add("  answer      %s%s", p.node or "none", p.reason and (" (" .. p.reason .. ")") or "")
+  end
+  if x.pending then add("  pending     %s", x.pending) end
+  if #x.instances == 0 then add("  running     nowhere") end
+  for _, i in ipairs(x.instances) do
+    add("  running     %s generation %d %s%s%s", i.node, i.generation, i.state,
+      i.pid and (" pid " .. i.pid) or "", i.home and "" or " (handing over)")
+  end
+  if x.waiting then add("  waiting     %s", x.waiting.reason) end
+  return table.concat(lines, "\n") .. "\n"
+end
 
 command("stop", {
   usage = "pogo stop [-s SOCKET] ID",
@@ -361,17 +453,27 @@ command("members", {
     if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
     return simple({ op = "members" }, opts, function(resp)
       if opts.json then out(assert(to_json(resp.nodes)), "\n") return end
-      local rows = { { "NAME", "ADDRESS", "STATE", "INCARNATION", "RTT", "TAGS" } }
+      local rows = { { "NAME", "ADDRESS", "STATE", "INCARNATION", "RTT", "TAGS", "POLICY" } }
+      local policies, first, differ = {}, nil, false
       for _, n in ipairs(resp.nodes) do
         local meta = n.meta or {}
+        local policy = meta.policy or "-"
+        if n.state == "up" then
+          if first == nil then first = policy elseif policy ~= first then differ = true end
+          policies[#policies + 1] = n.name .. "=" .. policy
+        end
         rows[#rows + 1] = {
-          n.name .. (n.self and " *" or ""), n.addr or n.advertise or "-", n.state or "-",
+          n.name .. (n.self and " *" or ""), n.addr or n.advertise or "-",
+          (n.state or "-") .. (meta.draining and " (draining)" or ""),
           n.incarnation and ("%x"):format(n.incarnation) or "-",
           n.rtt and ("%.2fms"):format(n.rtt * 1000) or "-",
-          table.concat(meta.tags or n.tags or {}, ","),
+          table.concat(meta.tags or n.tags or {}, ","), policy,
         }
       end
       out(columns(rows))
+      if differ then
+        out("warning: the nodes disagree on the placement policy (", table.concat(policies, " "), ")\n")
+      end
     end)
   end,
 })

@@ -103,6 +103,11 @@ function check.duration(v)
   return secs
 end
 
+function check.count(v)
+  if math.type(v) ~= "integer" or v < 1 then return nil, "must be an integer >= 1" end
+  return v
+end
+
 function check.level(v)
   for _, l in ipairs { "debug", "info", "warn", "error" } do
     if v == l then return v end
@@ -129,6 +134,9 @@ M.schema = {
   log_dir     = { check.path, function(c) return M.default_log_dir(c) end },
   budget      = { check.duration, 0.25 },
   eval_budget = { check.duration, 5 },
+  expect      = { check.count, nil },
+  lease       = { check.duration, 2 },
+  drain_timeout = { check.duration, 30 },
   log         = { "table", function() return {} end },
 }
 
@@ -141,7 +149,7 @@ M.log_schema = {
 local ORDER = {
   "name", "listen", "advertise", "seeds", "secret_file", "tags", "weight",
   "children", "placement", "hooks", "run_dir", "control", "log_dir", "budget",
-  "eval_budget", "log",
+  "eval_budget", "expect", "lease", "drain_timeout", "log",
 }
 
 -- Error reporting --------------------------------------------------------------

@@ -95,35 +95,123 @@ end
 local function sup() return require "pogo.supervisor" end
 local followers = {}    -- conn.id -> { cancel functions }
 
-function M.ops.ps()
+local function dsup()
+  local d = require "pogo.dsup"
+  return d.running() and d or nil
+end
+
+-- ps{global}: this node's children, or with global every child of the
+-- cluster (one row per instance, with its node).
+function M.ops.ps(_, req)
+  if req.global then
+    local d = dsup()
+    if not d then return { ok = false, error = "--global needs the cluster (secret_file in the node config)" } end
+    return { ok = true, children = d.children { match = req.match }, global = true }
+  end
   return { ok = true, children = sup().list() }
 end
 
-local function by_id(fn)
+local function by_id(local_fn, cluster_fn)
   return function(_, req)
     if type(req.id) ~= "string" then return { ok = false, error = "'id' must be a string" } end
-    local ok, err = fn(req.id)
+    local d = dsup()
+    local ok, err
+    if d then ok, err = cluster_fn(d, req.id) else ok, err = local_fn(req.id) end
     if not ok then return { ok = false, error = err } end
     return { ok = true, child = sup().get(req.id) }
   end
 end
 
-M.ops.stop = by_id(function(id) return sup().stop(id) end)
-M.ops.restart = by_id(function(id) return sup().restart(id) end)
+M.ops.stop = by_id(function(id) return sup().stop(id) end, function(d, id) return d.stop_id(id) end)
+M.ops.restart = by_id(function(id) return sup().restart(id) end, function(d, id) return d.restart_id(id) end)
+
+M.WAIT_POLL = 0.01
+
+-- Answers once every id runs somewhere (or timeout seconds pass) with
+-- where each landed, or why it is not running.
+local function wait_running(conn, ids, timeout)
+  local d = dsup()
+  local loop = require "pogo.core.loop"
+  local deadline = loop.now() + timeout
+  local timer
+  timer = loop.timer(0, M.WAIT_POLL, function()
+    local placed, missing = {}, {}
+    for _, id in ipairs(ids) do
+      local where
+      for _, r in ipairs(d.children { match = "^" .. id:gsub("%p", "%%%0") .. "$" }) do
+        if r.state == "ready" then where = r.node end
+      end
+      if where then placed[#placed + 1] = { id = id, node = where }
+      else missing[#missing + 1] = id end
+    end
+    if #missing == 0 or loop.now() >= deadline then
+      timer:close()
+      if #missing == 0 then
+        conn:send { ok = true, started = ids, placed = placed }
+        return
+      end
+      local why = {}
+      for _, id in ipairs(missing) do
+        local x = d.explain(id) or {}
+        local reason = x.error or (x.waiting and x.waiting.reason) or x.pending
+          or (x.assigned and ("assigned to " .. x.assigned .. ", not running yet")) or "unknown"
+        why[#why + 1] = ("%s: %s"):format(id, reason)
+      end
+      conn:send { ok = false, placed = placed, error = "not running after " .. timeout .. "s: " .. table.concat(why, "; ") }
+    end
+  end)
+end
 
 function M.ops.start(conn, req)
+  local d = dsup()
+  local ids
   if req.file then
+    local text, rerr = require("pogo.sandbox").read(req.file)
+    if not text then return { ok = false, error = rerr } end
     local specs, err = require("pogo.spec").load_file(req.file, {
-      budget = M.agent.config.budget, env = { pogo = M.agent.pogo },
+      budget = M.agent.config.budget, env = { pogo = M.agent.pogo }, src = text,
     })
     if not specs then return { ok = false, error = err } end
-    local ok, aerr = sup().add(specs)
-    if not ok then return { ok = false, error = aerr } end
-    local ids = {}
-    for i, s in ipairs(specs) do ids[i] = s.id end
-    return { ok = true, started = ids }
+    if d then
+      ids = d.start_specs(specs, text, req.file)
+    else
+      local ok, aerr = sup().add(specs)
+      if not ok then return { ok = false, error = aerr } end
+      ids = {}
+      for i, s in ipairs(specs) do ids[i] = s.id end
+    end
+  elseif type(req.id) ~= "string" then
+    return { ok = false, error = "'id' must be a string" }
+  elseif d then
+    local ok, err = d.start_id(req.id)
+    if not ok then return { ok = false, error = err } end
+    ids = { req.id }
+  else
+    return by_id(function(id) return sup().start(id) end)(conn, req)
   end
-  return by_id(function(id) return sup().start(id) end)(conn, req)
+  if req.wait and d then
+    wait_running(conn, ids, tonumber(req.wait) or 10)
+    return nil
+  end
+  return { ok = true, started = ids }
+end
+
+function M.ops.explain(_, req)
+  if type(req.id) ~= "string" then return { ok = false, error = "'id' must be a string" } end
+  local d = dsup()
+  if not d then return { ok = false, error = "explain needs the cluster (secret_file in the node config)" } end
+  local x, err = d.explain(req.id)
+  if not x then return { ok = false, error = err } end
+  return { ok = true, explain = x }
+end
+
+-- drain: hand this node's children over, answer, then shut the agent down.
+function M.ops.drain(conn)
+  M.agent.shutdown("pogo drain", { drained = function(moved, left)
+    conn:send { ok = true, moved = moved, left = left }
+  end })
+  if not dsup() then return { ok = true, moved = 0, left = 0 } end
+  return nil
 end
 
 -- logs{id, n, follow}: the last n lines; with follow, then every new line

@@ -76,26 +76,69 @@ local function sup() return require "pogo.supervisor" end
 
 M.sup = {}
 
---- Every local child: { id, state, pid, uptime, restarts, last_exit, ... }.
---- (global = true will list the whole cluster once the cluster layer is in.)
-function M.sup.children(_opts)
+local function dsup()
+  local d = require "pogo.dsup"
+  return d.running() and d or nil
+end
+
+--- This node's children: { id, state, pid, uptime, restarts, last_exit, ... }.
+--- With { global = true }, every child of the cluster, one row per instance:
+--- { id, node, state, pid, generation, restarts, uptime, reason };
+--- opts.match filters ids with a Lua pattern.
+function M.sup.children(opts)
+  opts = opts or {}
+  if opts.global then
+    local d = dsup()
+    if not d then error("pogo.sup.children{global=true} needs the cluster (secret_file in the node config)", 2) end
+    return d.children(opts)
+  end
   return sup().list()
 end
 
---- One child's view, or nil.
+--- One local child's view, or nil.
 function M.sup.child(id) return sup().get(id) end
 
+--- Starts children: a spec table (or a list of them) or the id of a stopped
+--- child. In a cluster it is a request to every node; a spec given as a
+--- table travels as Lua source, so it cannot hold functions (hooks): put
+--- those in a spec file and use `pogo start --file`.
 function M.sup.start(spec_or_id)
+  local d = dsup()
   if type(spec_or_id) == "table" then
-    local spec, err = require("pogo.spec").normalise(spec_or_id, { path = "(pogo.sup.start)" })
-    if not spec then return nil, err end
-    return sup().add { spec }
+    local list = spec_or_id[1] and spec_or_id or { spec_or_id }
+    local specs, sp_mod = {}, require "pogo.spec"
+    for i, t in ipairs(list) do
+      local s, err = sp_mod.normalise(t, { path = "(pogo.sup.start)", index = i })
+      if not s then return nil, err end
+      specs[i] = s
+    end
+    if not d then return sup().add(specs) end
+    local text, err = require("pogo.pretty").literal(list)
+    if not text then return nil, "pogo.sup.start: " .. err end
+    return d.start_specs(specs, "return " .. text, "(pogo.sup.start)")
   end
+  if d then return d.start_id(spec_or_id) end
   return sup().start(spec_or_id)
 end
 
-function M.sup.stop(id) return sup().stop(id) end
-function M.sup.restart(id) return sup().restart(id) end
+function M.sup.stop(id)
+  local d = dsup()
+  if d then return d.stop_id(id) end
+  return sup().stop(id)
+end
+
+function M.sup.restart(id)
+  local d = dsup()
+  if d then return d.restart_id(id) end
+  return sup().restart(id)
+end
+
+--- Where a child should run and why, where it runs, what is awaited.
+function M.sup.explain(id)
+  local d = dsup()
+  if not d then return nil, "explain needs the cluster (secret_file in the node config)" end
+  return d.explain(id)
+end
 
 --- The last n lines of a child's output.
 function M.sup.logs(id, n) return sup().logs(id, n) end

@@ -264,4 +264,59 @@ function M.values(...)
   return M.list(table.pack(...))
 end
 
+-- Exact Lua source for plain data -------------------------------------------------
+
+local function literal(v, out, active, depth, path)
+  local t = type(v)
+  if t == "string" then
+    out[#out + 1] = ("%q"):format(v)
+  elseif t == "boolean" then
+    out[#out + 1] = tostring(v)
+  elseif math.type(v) == "integer" then
+    out[#out + 1] = v == math.mininteger and "math.mininteger" or ("%d"):format(v)
+  elseif t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then
+      return nil, ("%s: %s has no exact literal"):format(path, tostring(v))
+    end
+    out[#out + 1] = ("%.17g"):format(v)
+  elseif t == "table" then
+    if active[v] then return nil, path .. ": a cycle" end
+    if depth > 64 then return nil, path .. ": nested too deeply" end
+    active[v] = true
+    local keys = {}
+    for k in next, v do
+      if type(k) ~= "string" and math.type(k) ~= "integer" then
+        return nil, ("%s: a key of type %s"):format(path, type(k))
+      end
+      keys[#keys + 1] = k
+    end
+    table.sort(keys, function(a, b)
+      if type(a) ~= type(b) then return type(a) == "number" end
+      return a < b
+    end)
+    out[#out + 1] = "{"
+    for _, k in ipairs(keys) do
+      out[#out + 1] = type(k) == "string" and ("[%q]="):format(k) or ("[%d]="):format(k)
+      local ok, err = literal(v[k], out, active, depth + 1, path .. "." .. tostring(k))
+      if not ok then return nil, err end
+      out[#out + 1] = ","
+    end
+    out[#out + 1] = "}"
+    active[v] = nil
+  else
+    return nil, ("%s: a %s cannot be written as Lua source"):format(path, t)
+  end
+  return true
+end
+
+--- Lua source that evaluates to a copy of v (strings, numbers, booleans and
+--- tables of them), or nil and an error naming the path of what cannot be
+--- written (functions, userdata, cycles, NaN).
+function M.literal(v)
+  local out = {}
+  local ok, err = literal(v, out, {}, 0, "value")
+  if not ok then return nil, err end
+  return table.concat(out)
+end
+
 return M

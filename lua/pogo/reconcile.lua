@@ -14,14 +14,19 @@
 --   nodes     sorted list of live, connected nodes: names or { name=, meta= }
 --   desired   id -> entry, or id -> list of entries (the winner is chosen
 --             here, see winner()); entry = { spec =, version = { clock =,
---             node = }, stopped = true|nil }. spec is normalised: spec.id,
+--             node = }, stopped = true|nil, fp = digest|nil }. spec is
+--             normalised: spec.id,
 --             spec.partition = "available" | "quorum", spec.handoff =
 --             "make_before_break" | "stop_first".
 --   running   id -> list of instances advertised in pg by every node,
 --             ours included: { node =, generation =, state = "starting" |
---             "running" | "ready" | "stopping", version = { clock, node }
---             (the spec version it runs), home = bool (its node believed it
---             was the assigned node, see claim below) }
+--             "running" | "ready" | "stopping" | "failed", version = {
+--             clock, node } (the spec version it runs), fp = the digest of
+--             that spec or nil, home = bool (its node believed it was the
+--             assigned node, see claim below) }. A failed instance gave up
+--             after its restart intensity: it neither counts as a copy nor
+--             blocks one elsewhere, and is dropped once the assigned node
+--             runs the child.
 --   assigned  id -> node name | { node = name|nil, reason = string }: the
 --             placement answer, computed by the caller with the policy.
 --             Placement stays out of this module.
@@ -48,7 +53,8 @@
 -- Waiting: list of { id =, reason =, since = view.now } sorted by id, what
 -- the decision waits for (for `pogo explain`).
 --
--- "Active" instances are those not stopping; "up" ones are running or ready.
+-- "Active" instances are those neither stopping nor failed; "up" ones are
+-- running or ready.
 --
 -- Rules, per id, in this order of precedence:
 --  (5) Not desired (no entry, or the winner is stopped): stop local copies.
@@ -74,7 +80,8 @@
 --  (1) Assigned here, not running anywhere: start.
 --   Kept local instance (assigned here, or waiting to hand over): its home
 --   flag is re-claimed when it differs from (assigned == self), and it is
---   replaced when its spec version differs from the winner's.
+--   replaced when its spec differs from the winner's: by fp when both carry
+--   one (a new version of an equal spec restarts nothing), else by version.
 --   A local copy that is stopping blocks a new local start (wait).
 --
 -- What the agent must advertise. An instance's pg value carries generation,
@@ -125,7 +132,7 @@ end
 -- Helpers ---------------------------------------------------------------------
 
 local function is_up(inst) return inst.state == "running" or inst.state == "ready" end
-local function is_active(inst) return inst.state ~= "stopping" end
+local function is_active(inst) return inst.state ~= "stopping" and inst.state ~= "failed" end
 
 -- (generation, node) order: is a preferred to b as a keeper?
 local function better(a, b)
@@ -205,7 +212,7 @@ local function decide_one(view, id, live, out, wait)
 
   local function stop_all(reason)
     for _, inst in ipairs(locals) do
-      if is_active(inst) then
+      if inst.state ~= "stopping" then
         out[#out + 1] = { op = "stop", id = id, generation = inst.generation, reason = reason }
       end
     end
@@ -232,7 +239,13 @@ local function decide_one(view, id, live, out, wait)
   end
 
   local function replace_if_old(inst)
-    if inst.version ~= nil and not M.same_version(inst.version, entry.version) then
+    local changed
+    if inst.fp ~= nil and entry.fp ~= nil then
+      changed = inst.fp ~= entry.fp
+    else
+      changed = inst.version ~= nil and not M.same_version(inst.version, entry.version)
+    end
+    if changed then
       out[#out + 1] = { op = "replace", id = id, old = inst.generation,
         generation = next_generation(id, instances, view.history), version = entry.version,
         reason = "spec version changed" }
@@ -283,6 +296,20 @@ local function decide_one(view, id, live, out, wait)
       end
     end
   end
+  if target ~= self then
+    -- A copy that failed here is dropped once the assigned node runs it.
+    for _, inst in ipairs(locals) do
+      if inst.state == "failed" then
+        for _, o in ipairs(others) do
+          if o.node == target and is_up(o) then
+            out[#out + 1] = { op = "stop", id = id, generation = inst.generation,
+              reason = "failed here; " .. target .. " runs it" }
+            break
+          end
+        end
+      end
+    end
+  end
   if kept_here or target ~= self then
     if target ~= self and not kept_here then
       local up = false
@@ -294,7 +321,10 @@ local function decide_one(view, id, live, out, wait)
 
   -- Assigned here, no active local copy: rules (2) and (1).
   for _, inst in ipairs(locals) do
-    if not is_active(inst) then
+    if inst.state == "failed" then
+      wait(id, "failed here: retried after its cool-down")
+      return
+    elseif not is_active(inst) then
       wait(id, "waiting for the local copy to stop")
       return
     end

@@ -32,7 +32,9 @@
 --                 | { kind = "lua", check = fn, interval = 1, timeout = 30 }
 --   hooks           { on_start = fn, ... } [{}]
 --   log             { max_size = 10485760, max_files = 5, ring = 1000 }
---   tags {} weight 1 partition "available" node nil  (placement, used later)
+--   tags {} weight 1 node nil   placement inputs (pogo.placement); node pins
+--   partition       "available" | "quorum" ["available"] (pogo.dsup)
+--   handoff         "make_before_break" | "stop_first": how a move happens
 --   file            the path of the spec file (nil for specs not from a file)
 
 local grammar = require "pogo.grammar"
@@ -537,6 +539,10 @@ function check.partition(keys, v)
   return one_of(keys, v, { "available", "quorum" })
 end
 
+function check.handoff(keys, v)
+  return one_of(keys, v, { "make_before_break", "stop_first" })
+end
+
 function check.node(keys, v)
   if type(v) ~= "string" or not v:find("^[%w][%w%.%-_]*$") or #v > 63 then
     want(keys, "a node name: letters, digits, '.', '-', '_', at most 63 characters", v)
@@ -563,7 +569,7 @@ local FIELDS = {
   { "hooks", function() return {} end },
   { "log", function() return check.log({ "log" }, {}) end },
   { "tags", function() return {} end }, { "weight", 1 },
-  { "partition", "available" }, { "node" },
+  { "partition", "available" }, { "handoff", "make_before_break" }, { "node" },
 }
 check.clear_env = boolean
 

@@ -25,6 +25,7 @@ M.log_dir = nil         -- where per-child log files go
 M.notify_path = nil     -- the shared sd_notify socket, once opened
 M.budget = 0.25         -- user code budget (readiness checks)
 M.last_generation = 0
+M.on_change = nil       -- fn(id) after every state change (pogo.dsup)
 
 local notify_handle     -- proc.notify handle
 local by_pid = {}       -- pid -> entry, for sd_notify senders
@@ -139,10 +140,17 @@ local function environment(e)
   return env
 end
 
--- A number that grows with every start: wall-clock milliseconds, bumped
--- past the last one handed out. The cluster layer will replace it with a
--- replicated counter.
-local function next_generation()
+-- A number that grows with every start. A child of the distributed
+-- supervisor (e.floor set by run()) counts from the generation pogo.dsup
+-- picked from the replicated state; a local child uses wall-clock
+-- milliseconds, bumped past the last one handed out.
+local function next_generation(e)
+  if e.floor then
+    local g = math.max(e.floor, (e.generation or 0) + 1)
+    e.floor = nil
+    return g
+  end
+  if e.distributed then return (e.generation or 0) + 1 end
   local g = math.max(M.last_generation + 1, math.floor(loop.now() * 1000))
   M.last_generation = g
   return g
@@ -157,7 +165,7 @@ local start_readiness   -- forward
 
 local function spawn(e)
   local spec = e.spec
-  e.generation = next_generation()
+  e.generation = next_generation(e)
   local handle, err, code, detail = proc.spawn {
     id = e.id,
     argv = spec.cmd,
@@ -367,6 +375,7 @@ fire = function(e, event, ctx)
   end
   for _, a in ipairs(actions) do act(e, a, ctx) end
   settle(e)
+  if M.on_change and (e.rec.state ~= before or M.entries[e.id] ~= e) then M.on_change(e.id) end
   return true
 end
 M.fire = fire
@@ -468,6 +477,41 @@ function M.add(specs)
     end
   end
   return true
+end
+
+--- Runs spec here for the distributed supervisor, its first start with
+--- generation at least `generation`: a new child starts, a stopped one
+--- starts again, a running one with another spec is replaced (stopped,
+--- then started with the new spec).
+function M.run(spec, generation)
+  local e = M.entries[spec.id]
+  if not e then
+    e = new_entry(spec)
+    e.distributed, e.floor = true, generation
+    M.entries[spec.id] = e
+    fire(e, "start")
+    return
+  end
+  e.distributed, e.floor, e.held, e.remove = true, generation, false, false
+  local fp = spec_mod.fingerprint(spec)
+  local idle = e.rec.state == "stopped" or e.rec.state == "failed" or e.rec.state == "backoff"
+  if idle then
+    if e.rec.state ~= "stopped" then fire(e, "stop") end
+    if fp ~= e.fingerprint then e.spec, e.fingerprint, e.rec = spec, fp, child.new(spec) end
+    fire(e, "start")
+  elseif fp ~= e.fingerprint then
+    e.next_spec = spec
+    fire(e, "stop")
+  end
+end
+
+--- Stops a child and forgets it once it has stopped.
+function M.remove(id)
+  local e = M.entries[id]
+  if not e then return end
+  e.remove, e.next_spec, e.held = true, nil, true
+  if not fire(e, "stop") then settle(e) end
+  if M.on_change and M.entries[id] ~= e then M.on_change(id) end
 end
 
 local function find(id)

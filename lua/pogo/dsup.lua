@@ -1,0 +1,804 @@
+-- pogo.dsup: the distributed supervisor. Every node keeps the desired set
+-- and the running instances in process groups (pogo.pg), places every child
+-- with the policy (pogo.placement), decides with pogo.reconcile what to do
+-- about its own processes and does it through the local supervisor. There
+-- is no leader: each node acts on the replicated state for itself only.
+--
+-- Three scopes, one member per (node, group), key 0:
+--
+--   pogo.desired  group = child id, value = { c = clock, n = node, src =
+--                 source digest, name = chunk name, fp = spec digest, stop =
+--                 true|nil }: a start (or, with stop, a stop) request.
+--                 Version (c, n): the higher clock wins, then the higher node
+--                 name. Every node adopts the newest request it sees and
+--                 re-advertises it as its own member, so the desired set
+--                 lives as long as one node that saw it does. A requester
+--                 uses 1 + the highest clock it has seen (Lamport).
+--   pogo.sources  group = digest, value = { text =, name = }: the Lua source
+--                 a spec came from (a whole spec file, or a table written
+--                 out as Lua). Joined before the requests that use it, so a
+--                 peer always has it first; loaded on every node in the same
+--                 sandbox as local spec files, so hooks (Lua functions)
+--                 travel as their source. Left when no request uses it.
+--   pogo.running  group = child id, value = { g = generation, s = "starting"
+--                 | "ready" | "stopping" | "failed", c, n = the version it
+--                 runs, f = its fp, h = home (see pogo.reconcile), p = pid,
+--                 r = restarts, t = start time }: this node's instance.
+--
+-- Reconciliation is event-driven: a change in any of the scopes, a node up
+-- or down, a local state change, a request or a policy reload marks child
+-- ids dirty and schedules one pass on the next loop iteration, which
+-- places and decides only the dirty ids (all of them when the node set or
+-- the policy changed). A pass every M.ANTI_ENTROPY seconds is a backstop.
+--
+-- Quorum children (partition = "quorum") need `expect` in the node config.
+-- A side runs them only while it sees a majority of `expect` nodes. The
+-- side that loses the majority stops them at once, and a watchdog lease
+-- (config `lease`) kills them even if the agent is frozen: the agent renews
+-- the lease only while it sees a majority. The majority side starts a
+-- quorum child whose instance vanished with a node only M.fence() seconds
+-- after that node went down: detection (at most the cluster's down
+-- timeout) + lease + margin, so the old copy is dead before the new one
+-- starts. See README "Partitions".
+
+local hooks = require "pogo.hooks"
+local log = require "pogo.log"
+local loop = require "pogo.core.loop"
+local placement = require "pogo.placement"
+local reconcile = require "pogo.reconcile"
+local spec_mod = require "pogo.spec"
+local supervisor = require "pogo.supervisor"
+
+local L = log.sub("dsup")
+
+local M = {}
+
+M.DESIRED, M.SOURCES, M.RUNNING = "pogo.desired", "pogo.sources", "pogo.running"
+M.KEY = 0
+M.KIND = "dsup"          -- cluster message kind (restart forwarding)
+M.ANTI_ENTROPY = 3       -- seconds between backstop passes
+M.SYNC_WAIT = 2          -- seconds a starting node waits for its peers' state
+M.DETECTION = 2          -- bound on failure detection, seconds (cluster)
+M.MARGIN = 0.5           -- added to the quorum fence
+
+local S = nil            -- the running instance (start/stop)
+
+local function now() return loop.now() end
+
+--- The quorum fence: how long after a node went down the majority waits
+--- before starting a quorum child that ran there.
+function M.fence()
+  return M.DETECTION + (S and S.lease or 2) + M.MARGIN
+end
+
+-- Versions and entries --------------------------------------------------------------
+
+local function newer(a, b)
+  if a == nil then return false end
+  if b == nil then return true end
+  if a.c ~= b.c then return a.c > b.c end
+  return a.n > b.n
+end
+
+local function valid_entry(v)
+  return type(v) == "table" and math.type(v.c) == "integer" and type(v.n) == "string"
+    and (v.src == nil or type(v.src) == "string") and (v.fp == nil or type(v.fp) == "string")
+    and (v.name == nil or type(v.name) == "string")
+end
+
+local function copy_entry(v)
+  return { c = v.c, n = v.n, src = v.src, name = v.name, fp = v.fp, stop = v.stop and true or nil }
+end
+
+local function digest(text, name) return placement.hex(name .. "\n" .. text) end
+
+-- Dirty ids and the pass ---------------------------------------------------------------
+
+local pass  -- forward
+
+local function schedule()
+  if S.scheduled or S.closed then return end
+  S.scheduled = true
+  S.cluster:defer(function() pass() end)
+end
+
+local function dirty(id)
+  S.dirty[id] = true
+  schedule()
+end
+
+local function all_dirty()
+  S.all = true
+  schedule()
+end
+
+-- Sources ---------------------------------------------------------------------------
+
+-- The text of a source: from our cache, else from any node's member.
+local function source(d)
+  local s = S.sources[d]
+  if s then return s end
+  for _, m in ipairs(S.pg:members(M.SOURCES, d)) do
+    local v = m.value
+    if type(v) == "table" and type(v.text) == "string" and type(v.name) == "string" then
+      s = { text = v.text, name = v.name }
+      S.sources[d] = s
+      return s
+    end
+  end
+  return nil
+end
+
+--- The specs of a source, id -> spec, or nil, err. Loaded once per digest.
+local function specs_of(d)
+  local s = source(d)
+  if not s then return nil, "its spec source has not arrived here" end
+  if not s.specs and not s.err then
+    local list, err = spec_mod.load_file(s.name, {
+      src = s.text, budget = S.budget, env = { pogo = require "pogo" },
+    })
+    if list then
+      s.specs = {}
+      for _, sp in ipairs(list) do s.specs[sp.id] = sp end
+    else
+      s.err = err
+      L.error("%s (a spec from the cluster that cannot load here)", err)
+    end
+  end
+  return s.specs, s.err
+end
+
+local function spec_of(id, entry)
+  if not entry or not entry.src then return nil, "no spec" end
+  local specs, err = specs_of(entry.src)
+  if not specs then return nil, err end
+  local sp = specs[id]
+  if not sp then return nil, ("%s no longer defines child '%s'"):format(entry.name or "its source", id) end
+  return sp
+end
+
+local function hold(d)
+  local n = S.refs[d] or 0
+  if n == 0 then
+    local s = source(d)
+    S.pg:join(M.SOURCES, d, M.KEY, { text = s.text, name = s.name })
+  end
+  S.refs[d] = n + 1
+end
+
+local function release(d)
+  local n = (S.refs[d] or 1) - 1
+  if n > 0 then S.refs[d] = n return end
+  S.refs[d] = nil
+  S.pg:leave(M.SOURCES, d, M.KEY)
+  S.sources[d] = nil
+end
+
+-- The desired set ---------------------------------------------------------------------
+
+-- Makes v this node's entry for id (its source first, so peers have it).
+local function adopt(id, v)
+  local old = S.own[id]
+  if v.src then hold(v.src) end
+  S.own[id] = v
+  S.pg:join(M.DESIRED, id, M.KEY, v)
+  if old and old.src then release(old.src) end
+  if v.c > S.clock then S.clock = v.c end
+  dirty(id)
+end
+
+-- Adopts the newest entry any node holds for id, if it is newer than ours.
+local function consider(id)
+  local best = S.own[id]
+  for _, m in ipairs(S.pg:members(M.DESIRED, id)) do
+    local v = m.value
+    if m.node ~= S.self and valid_entry(v) and newer(v, best) then best = v end
+  end
+  if best == nil or best == S.own[id] then return end
+  if best.src and not source(best.src) then
+    S.awaiting[best.src] = S.awaiting[best.src] or {}
+    S.awaiting[best.src][id] = true
+    return
+  end
+  adopt(id, copy_entry(best))
+end
+
+local function request(id, fields)
+  S.clock = S.clock + 1
+  adopt(id, {
+    c = S.clock, n = S.self, src = fields.src, name = fields.name, fp = fields.fp,
+    stop = fields.stop or nil,
+  })
+  L.info("%s request for child '%s' (version %d@%s)", fields.stop and "stop" or "start", id, S.clock, S.self)
+end
+
+-- Registers a source text as ours (cached, specs already known) -> digest.
+local function publish(text, name, specs)
+  local d = digest(text, name)
+  local s = S.sources[d]
+  if not s then
+    s = { text = text, name = name }
+    S.sources[d] = s
+  end
+  if specs and not s.specs then
+    s.specs = {}
+    for _, sp in ipairs(specs) do s.specs[sp.id] = sp end
+  end
+  return d
+end
+
+local function fp_of(sp) return placement.hex(spec_mod.fingerprint(sp)) end
+
+--- Start requests for specs loaded from `text` (named `name`). A child whose
+--- request already stands with an equal spec is left alone.
+local function request_specs(specs, text, name)
+  local d = publish(text, name, specs)
+  local ids = {}
+  for _, sp in ipairs(specs) do
+    local fp = fp_of(sp)
+    local cur = S.own[sp.id]
+    if not cur or cur.stop or cur.fp ~= fp then
+      request(sp.id, { src = d, name = name, fp = fp })
+    end
+    ids[#ids + 1] = sp.id
+  end
+  return ids
+end
+
+-- Instances ---------------------------------------------------------------------------
+
+local ADVERTISED = {
+  starting = "starting", running = "starting", backoff = "starting",
+  ready = "ready", stopping = "stopping", failed = "failed",
+}
+
+-- Publishes (or withdraws) this node's instance of id.
+local function advertise(id)
+  local e = supervisor.entries[id]
+  local mine = S.mine[id]
+  if S.markers[id] then return end
+  local state = e and e.distributed and mine and ADVERTISED[e.rec.state]
+  if not state then
+    if S.advertised[id] then
+      S.advertised[id] = nil
+      S.pg:leave(M.RUNNING, id, M.KEY)
+    end
+    if not e then S.mine[id] = nil end
+    return
+  end
+  local v = {
+    g = e.generation or e.floor or mine.generation, s = state, c = mine.version.c,
+    n = mine.version.n, f = mine.fp, h = mine.home, p = e.pid, r = e.restarts,
+    t = e.started_at,
+  }
+  local old = S.advertised[id]
+  if old and old.g == v.g and old.s == v.s and old.c == v.c and old.n == v.n and old.f == v.f
+    and old.h == v.h and old.p == v.p and old.r == v.r then
+    return
+  end
+  S.advertised[id] = v
+  if v.g and v.g > (S.history[id] or 0) then S.history[id] = v.g end
+  S.pg:join(M.RUNNING, id, M.KEY, v)
+end
+
+local function on_local_change(id)
+  if S and not S.closed then
+    advertise(id)
+    dirty(id)
+  end
+end
+
+-- A child that failed here stays advertised as failed for its cool-down, so
+-- placement keeps it off this node while it runs elsewhere.
+local function mark_failed(id, cooldown)
+  local t = S.markers[id]
+  if t then t:close() end
+  S.markers[id] = loop.timer(cooldown, 0, function()
+    S.markers[id] = nil
+    advertise(id)
+    dirty(id)
+  end)
+end
+
+-- The view --------------------------------------------------------------------------
+
+local function instances(id)
+  local out = {}
+  for _, m in ipairs(S.pg:members(M.RUNNING, id)) do
+    local v = m.value
+    if type(v) == "table" and math.type(v.g) == "integer" and type(v.s) == "string" then
+      out[#out + 1] = {
+        node = m.node, generation = v.g, state = v.s, fp = v.f, home = v.h and true or false,
+        version = (math.type(v.c) == "integer" and type(v.n) == "string") and { clock = v.c, node = v.n } or nil,
+        pid = v.p, restarts = v.r, started = v.t,
+      }
+    end
+  end
+  return out
+end
+
+-- Live nodes with their metadata, sorted by name; and the ones placement
+-- may use (not draining, unless every one is).
+local function live_nodes()
+  local up = {}
+  for _, name in ipairs(S.cluster:up_nodes()) do up[name] = true end
+  local all, eligible = {}, {}
+  for _, n in ipairs(S.cluster:nodes()) do
+    if up[n.name] then
+      local node = { name = n.name, meta = n.meta or {} }
+      all[#all + 1] = node
+      if not node.meta.draining then eligible[#eligible + 1] = node end
+    end
+  end
+  if #eligible == 0 then eligible = all end
+  return all, eligible
+end
+
+local function has_quorum(count)
+  return S.expect ~= nil and count * 2 > S.expect
+end
+
+-- Where id should run: node | { node = nil, reason = }, and the inputs.
+local function assign(id, sp, insts, eligible)
+  if sp.partition == "quorum" then
+    if not S.expect then
+      return { reason = "quorum mode needs 'expect' in the node config" }
+    end
+    local lost = S.lost[id]
+    if lost and #insts == 0 then
+      local left = lost.at + M.fence() - now()
+      if left > 0 then
+        S.fence_timer(left)
+        return { reason = ("quorum fence: %s went down %.1fs ago, waiting %.1fs more"):format(
+          lost.node, now() - lost.at, left) }
+      end
+      S.lost[id] = nil
+    end
+  end
+  -- Keep a child off the nodes where it failed, while others remain.
+  local nodes = eligible
+  local failed = {}
+  for _, inst in ipairs(insts) do
+    if inst.state == "failed" then failed[inst.node] = true end
+  end
+  if next(failed) then
+    local rest = {}
+    for _, n in ipairs(eligible) do
+      if not failed[n.name] then rest[#rest + 1] = n end
+    end
+    if #rest > 0 then nodes = rest end
+  end
+  local name, info = placement.decide(S.policy, S.policy_good, sp, nodes)
+  if info.error and not S.policy_errors[info.error] then
+    S.policy_errors[info.error] = true
+    L.error("%s (using %s)", info.error, info.policy)
+  end
+  if name == nil then return { reason = info.reason or "the policy returned nil" } end
+  return name
+end
+
+local function placement_changed(id, sp, from, to)
+  if from == to or (from ~= S.self and to ~= S.self) then return end
+  hooks.run("on_placement_change", sp.hooks, ("child '%s'"):format(id), supervisor.get(id) or { id = id }, from, to)
+end
+
+local function execute(a, specs)
+  local id = a.id
+  if a.op == "stop" then
+    local e = supervisor.entries[id]
+    if e and e.distributed then
+      L.info("stopping child '%s' here: %s", id, a.reason)
+      if e.rec.state == "failed" then mark_failed(id, e.spec.cooldown) end
+      supervisor.remove(id)
+    end
+  elseif a.op == "claim" then
+    local mine = S.mine[id]
+    if mine then mine.home = a.home advertise(id) end
+  elseif a.op == "start" or a.op == "replace" then
+    local sp, err = specs[id], nil
+    if not sp then sp, err = spec_of(id, S.own[id]) end
+    if not sp then
+      S.waiting[id] = { reason = "cannot start here: " .. tostring(err), since = now() }
+      return
+    end
+    local entry = S.own[id]
+    S.mine[id] = {
+      version = { c = entry.c, n = entry.n }, fp = entry.fp, home = true, generation = a.generation,
+    }
+    if a.generation > (S.history[id] or 0) then S.history[id] = a.generation end
+    L.info("%s child '%s' here, generation %d: %s", a.op == "start" and "starting" or "replacing",
+      id, a.generation, a.reason)
+    if S.markers[id] then S.markers[id]:close() S.markers[id] = nil end
+    supervisor.run(sp, a.generation)
+    advertise(id)
+  end
+end
+
+pass = function()
+  S.scheduled = false
+  if S.closed then return end
+  local ids = {}
+  if S.all then
+    local seen = {}
+    local function add(id) if not seen[id] then seen[id] = true ids[#ids + 1] = id end end
+    for id in pairs(S.own) do add(id) end
+    for _, id in ipairs(S.pg:groups(M.RUNNING)) do add(id) end
+    for id, e in pairs(supervisor.entries) do if e.distributed then add(id) end end
+  else
+    for id in pairs(S.dirty) do ids[#ids + 1] = id end
+  end
+  S.all, S.dirty = false, {}
+  if #ids == 0 then return end
+
+  local all, eligible = live_nodes()
+  local quorum = has_quorum(#all)
+  S.quorum = quorum
+  local view = {
+    self = S.self, nodes = all, desired = {}, running = {}, assigned = {}, quorum = quorum,
+    history = S.history, now = now(),
+  }
+  local specs = {}
+  for _, id in ipairs(ids) do
+    local entry = S.own[id]
+    local insts = instances(id)
+    view.running[id] = insts
+    if entry then
+      local sp, err = nil, nil
+      if not entry.stop then sp, err = spec_of(id, entry) end
+      view.desired[id] = {
+        spec = sp or { id = id }, version = { clock = entry.c, node = entry.n },
+        stopped = entry.stop, fp = entry.fp,
+      }
+      if entry.stop then
+        view.assigned[id] = { reason = "stopped" }
+      elseif sp then
+        specs[id] = sp
+        local live = {}
+        for _, inst in ipairs(insts) do
+          if inst.node == S.self or S.up_set[inst.node] then live[#live + 1] = inst end
+        end
+        local a = assign(id, sp, live, eligible)
+        view.assigned[id] = a
+        local to = type(a) == "string" and a or nil
+        local from = S.assigned[id]
+        if from ~= nil and from ~= to then placement_changed(id, sp, from, to) end
+        S.assigned[id] = to
+        S.reasons[id] = type(a) == "table" and a.reason or nil
+      else
+        view.assigned[id] = { reason = "spec cannot load here: " .. tostring(err) }
+      end
+    end
+  end
+  local actions, waiting = reconcile.decide(view)
+  for _, id in ipairs(ids) do S.waiting[id] = nil end
+  for _, w in ipairs(waiting) do
+    local old = S.waiting_since[w.id]
+    S.waiting[w.id] = { reason = w.reason, since = old and old.reason == w.reason and old.since or w.since }
+  end
+  for _, id in ipairs(ids) do S.waiting_since[id] = S.waiting[id] end
+  for _, a in ipairs(actions) do
+    local ok, err = xpcall(execute, debug.traceback, a, specs)
+    if not ok then L.error("%s of child '%s' failed: %s", a.op, a.id, err) end
+  end
+  S.passes = S.passes + 1
+end
+
+-- Events ------------------------------------------------------------------------------
+
+local function on_desired(ev)
+  if ev.node == S.self or ev.op ~= "join" then return end
+  if valid_entry(ev.value) then
+    if ev.value.c > S.clock then S.clock = ev.value.c end
+    consider(ev.group)
+  else
+    L.warn("ignoring a malformed desired entry for '%s' from %s", ev.group, ev.node)
+  end
+end
+
+local function on_source(ev)
+  if ev.op ~= "join" then return end
+  local waiting = S.awaiting[ev.group]
+  if not waiting then return end
+  S.awaiting[ev.group] = nil
+  for id in pairs(waiting) do consider(id) end
+end
+
+local function on_running(ev)
+  local id = ev.group
+  local v = ev.value
+  if ev.op == "join" and type(v) == "table" and math.type(v.g) == "integer" then
+    if v.g > (S.history[id] or 0) then S.history[id] = v.g end
+    S.lost[id] = nil
+  elseif ev.op == "leave" and ev.reason == "node down" then
+    S.lost[id] = { node = ev.node, at = now() }
+  end
+  dirty(id)
+end
+
+local function on_message(from, msg)
+  if msg.op == "restart" and type(msg.id) == "string" then
+    local ok, err = supervisor.restart(msg.id)
+    if not ok then L.warn("restart of '%s' asked by %s: %s", msg.id, from, err) end
+  end
+end
+
+-- Start and stop ----------------------------------------------------------------------
+
+--- Starts the distributed supervisor. opts: cluster (a pogo.cluster
+--- instance), pg (its pg instance), budget, expect, lease, policy (path or nil).
+function M.start(opts)
+  S = {
+    cluster = opts.cluster, pg = opts.pg, self = opts.cluster:self_name(), budget = opts.budget,
+    expect = opts.expect, lease = opts.lease or 2,
+    clock = 0, own = {}, sources = {}, refs = {}, awaiting = {}, mine = {}, advertised = {},
+    markers = {}, history = {}, lost = {}, dirty = {}, all = false, scheduled = false,
+    assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
+    policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
+    files = nil, synced = false, closed = false,
+  }
+  S.fence_timer = function(left)
+    if S.fence_at and S.fence_at <= now() + left then return end
+    if S.fence_t then S.fence_t:close() end
+    S.fence_at = now() + left
+    S.fence_t = loop.timer(left + 0.01, 0, function() S.fence_t, S.fence_at = nil, nil all_dirty() end)
+  end
+  for _, name in ipairs(S.cluster:up_nodes()) do S.up_set[name] = true end
+  supervisor.on_change = on_local_change
+  local c = S.cancels
+  c[#c + 1] = S.pg:monitor(M.DESIRED, nil, on_desired)
+  c[#c + 1] = S.pg:monitor(M.SOURCES, nil, on_source)
+  c[#c + 1] = S.pg:monitor(M.RUNNING, nil, on_running)
+  c[#c + 1] = S.cluster:on("up", function(node) S.up_set[node.name] = true all_dirty() end)
+  c[#c + 1] = S.cluster:on("down", function(node) S.up_set[node.name] = nil all_dirty() end)
+  c[#c + 1] = S.cluster:on("meta", function() all_dirty() end)
+  S.cluster:handle(M.KIND, on_message)
+  M.set_policy(opts.policy)
+  S.ticker = loop.timer(M.ANTI_ENTROPY, M.ANTI_ENTROPY, function() all_dirty() end)
+  -- Our own spec files wait until the peers' state has arrived, so an
+  -- unchanged file does not re-request what the cluster already has.
+  local started = now()
+  S.sync_timer = loop.timer(0.05, 0.05, function()
+    local st = S.pg:status()
+    local busy = false
+    for _, p in pairs(st.peers) do if p.receiving then busy = true end end
+    local alone = #S.cluster:up_nodes() == 1 and opts.seeds and #opts.seeds > 0
+    if now() - started >= M.SYNC_WAIT or (not busy and not alone) then
+      S.sync_timer:close()
+      S.sync_timer = nil
+      S.synced = true
+      if S.files then M.apply_files(S.files.desired, S.files.files) end
+    end
+  end)
+  return true
+end
+
+function M.running() return S ~= nil and not S.closed end
+
+function M.close()
+  if not S then return end
+  S.closed = true
+  for _, cancel in ipairs(S.cancels) do cancel() end
+  S.cluster:handle(M.KIND, nil)
+  for _, t in pairs(S.markers) do t:close() end
+  for _, t in ipairs { S.ticker, S.sync_timer, S.fence_t, S.drain_timer } do t:close() end
+  supervisor.on_change = nil
+  S = nil
+end
+
+-- Policy ------------------------------------------------------------------------------
+
+--- Loads the placement policy file (nil: the default policy). A broken file
+--- keeps the policy in force. Returns true | nil, err.
+function M.set_policy(path)
+  if not path then
+    S.policy, S.policy_good, S.policy_path = nil, nil, nil
+  else
+    local p, err = placement.load(path, { budget = S.budget })
+    if not p then
+      S.policy_err = err
+      L.error("%s (keeping the previous placement policy)", err)
+      return nil, err
+    end
+    S.policy_err = nil
+    if S.policy and S.policy.digest == p.digest then return true end
+    S.policy_good = S.policy
+    S.policy, S.policy_path = p, path
+    L.info("placement policy %s loaded (digest %s)", path, p.digest)
+  end
+  S.policy_errors = {}
+  local meta = S.cluster:self().meta or {}
+  local d = S.policy and S.policy.digest or "default"
+  if meta.policy ~= d then
+    meta.policy = d
+    S.cluster:set_meta(meta)
+  end
+  all_dirty()
+  return true
+end
+
+function M.policy() return S and S.policy or placement.DEFAULT end
+
+--- true | false, the error of the last load of the policy file.
+function M.policy_error() return S.policy_err == nil, S.policy_err end
+
+-- Requests ----------------------------------------------------------------------------
+
+--- The children directory changed: desired (id -> spec) and files (path ->
+--- { src = text }). New and changed children are start requests; children
+--- gone from the directory are stop requests.
+function M.apply_files(desired, files)
+  if not S.synced then
+    S.files = { desired = desired, files = files }
+    return
+  end
+  local by_file = {}
+  for _, sp in pairs(desired) do
+    local list = by_file[sp.file] or {}
+    list[#list + 1] = sp
+    by_file[sp.file] = list
+  end
+  for path, list in pairs(by_file) do
+    table.sort(list, function(a, b) return a.id < b.id end)
+    request_specs(list, files[path].src, path)
+  end
+  for id in pairs(S.dir_ids or {}) do
+    local cur = S.own[id]
+    if not desired[id] and cur and not cur.stop then
+      request(id, { stop = true, src = cur.src, name = cur.name, fp = cur.fp })
+    end
+  end
+  S.dir_ids = {}
+  for id in pairs(desired) do S.dir_ids[id] = true end
+end
+
+--- Start requests for specs (from a file or a table). text/name: the source.
+function M.start_specs(specs, text, name)
+  return request_specs(specs, text, name)
+end
+
+--- A start request for a known child that was stopped.
+function M.start_id(id)
+  local cur = S.own[id]
+  if not cur then return nil, ("no child '%s'"):format(tostring(id)) end
+  if not cur.stop then return nil, ("child '%s' is already started"):format(id) end
+  request(id, { src = cur.src, name = cur.name, fp = cur.fp })
+  return true
+end
+
+function M.stop_id(id)
+  local cur = S.own[id]
+  if not cur then return nil, ("no child '%s'"):format(tostring(id)) end
+  if cur.stop then return nil, ("child '%s' is not running"):format(id) end
+  request(id, { stop = true, src = cur.src, name = cur.name, fp = cur.fp })
+  return true
+end
+
+--- Restarts a child where it runs (this node or another).
+function M.restart_id(id)
+  if not S.own[id] or S.own[id].stop then return nil, ("no child '%s' is running"):format(tostring(id)) end
+  for _, inst in ipairs(instances(id)) do
+    if inst.state ~= "stopping" then
+      if inst.node == S.self then return supervisor.restart(id) end
+      return S.cluster:send(inst.node, { t = M.KIND, op = "restart", id = id })
+    end
+  end
+  return nil, ("child '%s' is not running anywhere"):format(id)
+end
+
+-- Views -------------------------------------------------------------------------------
+
+local function row(id, entry, inst)
+  local t = now()
+  return {
+    id = id, node = inst and inst.node, state = inst and inst.state or (entry.stop and "stopped" or "pending"),
+    pid = inst and inst.pid, generation = inst and inst.generation, restarts = inst and inst.restarts,
+    uptime = inst and inst.started and inst.pid and (t - inst.started) or nil,
+    reason = not inst and (S.waiting[id] and S.waiting[id].reason or S.reasons[id]) or nil,
+  }
+end
+
+--- Every child of the cluster, one row per instance (a child without one
+--- has a row with state "pending" or "stopped"), sorted by id then node.
+--- opts.match: a Lua pattern on the id.
+function M.children(opts)
+  opts = opts or {}
+  local rows = {}
+  local ids = {}
+  for id in pairs(S.own) do ids[#ids + 1] = id end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    if not opts.match or id:find(opts.match) then
+      local entry = S.own[id]
+      local insts = instances(id)
+      if #insts == 0 then
+        rows[#rows + 1] = row(id, entry, nil)
+      else
+        for _, inst in ipairs(insts) do rows[#rows + 1] = row(id, entry, inst) end
+      end
+    end
+  end
+  return rows
+end
+
+--- Why a child is where it is: the request, the policy's inputs and
+--- answer, the instances, and what this node is waiting for.
+function M.explain(id)
+  local entry = S.own[id]
+  if not entry then return nil, ("no child '%s'"):format(tostring(id)) end
+  local out = {
+    id = id,
+    request = { version = ("%d@%s"):format(entry.c, entry.n), stopped = entry.stop or false,
+      source = entry.name, fp = entry.fp },
+    instances = instances(id),
+    waiting = S.waiting[id],
+    quorum = S.quorum,
+  }
+  local sp, err = spec_of(id, entry)
+  if not sp then
+    out.error = err
+    return out
+  end
+  local _, eligible = live_nodes()
+  out.partition, out.handoff, out.tags = sp.partition, sp.handoff, sp.tags
+  out.placement = placement.explain(S.policy or placement.DEFAULT, sp, eligible)
+  out.nodes = placement.names(eligible)
+  out.assigned = S.assigned[id]
+  out.pending = S.reasons[id]
+  return out
+end
+
+--- Node name -> policy digest it advertises, and whether they all agree.
+function M.policies()
+  local out, first, agree = {}, nil, true
+  for _, n in ipairs(S.cluster:nodes()) do
+    if n.state == "up" or n.self then
+      local d = n.meta and n.meta.policy or "?"
+      out[n.name] = d
+      if first == nil then first = d elseif d ~= first then agree = false end
+    end
+  end
+  return out, agree
+end
+
+function M.status()
+  local n = 0
+  for _ in pairs(S.own) do n = n + 1 end
+  return { desired = n, clock = S.clock, passes = S.passes, quorum = S.quorum, synced = S.synced,
+    policy = S.policy and S.policy.path or "default" }
+end
+
+-- Drain -------------------------------------------------------------------------------
+
+local function local_count()
+  local n = 0
+  for _, e in pairs(supervisor.entries) do
+    if e.distributed and e.rec.state ~= "stopped" then n = n + 1 end
+  end
+  return n
+end
+
+--- Hands this node's children to the others (it advertises draining, so
+--- placement skips it; the moves are make-before-break), then calls
+--- done(handed_over, left_here). With no other node up, nothing can move:
+--- done is called at once. timeout bounds the wait.
+function M.drain(timeout, done)
+  local meta = S.cluster:self().meta or {}
+  meta.draining = true
+  S.cluster:set_meta(meta)
+  all_dirty()
+  local t0 = now()
+  local before = local_count()
+  if #S.cluster:up_nodes() <= 1 then done(0, before) return end
+  L.info("draining %d children to the other nodes", before)
+  S.drain_timer = loop.timer(0.02, 0.02, function()
+    local left = local_count()
+    if left == 0 or now() - t0 >= timeout then
+      S.drain_timer:close()
+      S.drain_timer = nil
+      if left > 0 then L.warn("drain timed out with %d children still here", left) end
+      done(before - left, left)
+    end
+  end)
+end
+
+return M
