@@ -1067,6 +1067,20 @@ static int l_watchdog_stop(lua_State *L)
     return 0;
 }
 
+/* watchdog_fence(pgid): the group is killed when the quorum lease ends. */
+static int l_watchdog_fence(lua_State *L)
+{
+    watchdog_fence((pid_t)luaL_checkinteger(L, 1));
+    return 0;
+}
+
+/* watchdog_lease(seconds): renew the quorum lease (0 clears it). */
+static int l_watchdog_lease(lua_State *L)
+{
+    watchdog_lease(luaL_checknumber(L, 1));
+    return 0;
+}
+
 static int l_watchdog_pid(lua_State *L)
 {
     lua_pushinteger(L, watchdog_pid());
@@ -1143,6 +1157,8 @@ int luaopen_pogo_proc(lua_State *L)
         {"watchdog_start", l_watchdog_start},
         {"watchdog_stop", l_watchdog_stop},
         {"watchdog_pid", l_watchdog_pid},
+        {"watchdog_fence", l_watchdog_fence},
+        {"watchdog_lease", l_watchdog_lease},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

@@ -171,6 +171,13 @@ const char *watchdog_marker(void);
  * Never blocks the loop (the pipe is non-blocking; a full pipe is logged). */
 void watchdog_track(pid_t pgid);
 void watchdog_untrack(pid_t pgid);
+/* Marks a tracked group as a quorum child's: the watchdog SIGKILLs it when
+ * the lease runs out (untracking it ends that too). */
+void watchdog_fence(pid_t pgid);
+/* Renews the quorum lease for `seconds` from now (0: no lease). While a
+ * lease is set and quorum groups are held, the watchdog kills those groups
+ * at its end unless renewed, even when the agent is frozen. */
+void watchdog_lease(double seconds);
 /* Clean shutdown: the watchdog exits without killing anything. */
 void watchdog_stop(void);
 /* The watchdog's pid, or 0. */

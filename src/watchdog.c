@@ -47,9 +47,10 @@ enum wd_type {
     WD_UNTRACK = 2,    /* pgid leaves it */
     WD_RESET = 3,      /* the kill set is emptied; the whole set follows */
     WD_STOP = 4,       /* clean shutdown: exit, kill nothing */
-    /* WD_LEASE = 5, later: the quorum lease (DESIGN.md) is renewed until
-     * arg, a CLOCK_BOOTTIME deadline in ns. WD_TRACK's arg would then flag
-     * a quorum child's group; see watchdog_loop() for where expiry goes. */
+    WD_LEASE = 5,      /* the quorum lease runs until arg, CLOCK_BOOTTIME
+                          ms; 0 = no lease */
+    WD_FENCE = 6,      /* pgid (tracked) is a quorum child's group: killed
+                          when the lease runs out */
 };
 
 /* One record, in host byte order (both ends are the same binary on the
@@ -60,7 +61,7 @@ struct wd_record {
     uint8_t type;          /* enum wd_type */
     uint8_t reserved[3];   /* zero */
     int32_t pgid;          /* WD_TRACK, WD_UNTRACK; 0 otherwise */
-    uint64_t arg;          /* zero; WD_LEASE's deadline later */
+    uint64_t arg;          /* WD_LEASE's deadline; zero otherwise */
 };
 
 _Static_assert(sizeof(struct wd_record) == 16, "records are 16 bytes");
@@ -90,6 +91,15 @@ static int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* CLOCK_BOOTTIME counts a suspended host too: a lease does not outlive a
+ * suspend the agent slept through. */
+static int64_t boot_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -387,15 +397,33 @@ static void __attribute__((noreturn)) watchdog_loop(int rfd, int wfd,
                                                     pid_t agent)
 {
     int fd = watchdog_detach(rfd, wfd);
-    struct pidset groups = {0};
+    struct pidset groups = {0}, fenced = {0};
     unsigned char in[4096];    /* a multiple of the record size */
     size_t have = 0;
     int oom_warned = 0, unknown_warned = 0;
+    int64_t lease = 0;         /* boot_ms() deadline, 0 = none */
 
     for (;;) {
-        /* The quorum lease goes here: this read becomes a poll() whose
-         * timeout is the lease deadline; on expiry, SIGKILL the quorum
-         * groups and keep running (the agent may come back and renew). */
+        /* The quorum lease: with quorum groups held, wait for records only
+         * until it runs out; then SIGKILL those groups and keep running,
+         * since the agent may come back and renew it. */
+        if (lease > 0 && fenced.n > 0) {
+            int64_t left = lease - boot_ms();
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            int r = left > 0 ? poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left) : 0;
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r == 0) {
+                size_t killed = 0;
+                for (size_t i = 0; i < fenced.cap; i++)
+                    if (fenced.slot[i] > 1 && kill(-fenced.slot[i], SIGKILL) == 0)
+                        killed++;
+                log_warn(WD_LOG, "the quorum lease of agent %d ran out: killed "
+                                 "%zu quorum process groups", (int)agent, killed);
+                lease = 0;
+                continue;
+            }
+        }
         ssize_t n = read(fd, in + have, sizeof in - have);
         if (n < 0 && errno == EINTR)
             continue;
@@ -422,9 +450,19 @@ static void __attribute__((noreturn)) watchdog_loop(int rfd, int wfd,
                 break;
             case WD_UNTRACK:
                 pidset_del(&groups, r.pgid);
+                pidset_del(&fenced, r.pgid);
                 break;
             case WD_RESET:
                 pidset_clear(&groups);
+                pidset_clear(&fenced);
+                break;
+            case WD_FENCE:
+                if (r.pgid > 1 && pidset_add(&fenced, r.pgid) < 0 &&
+                    !oom_warned++)
+                    log_error(WD_LOG, "out of memory tracking quorum groups");
+                break;
+            case WD_LEASE:
+                lease = (int64_t)r.arg;
                 break;
             case WD_STOP:
                 log_debug(WD_LOG, "stopped by agent %d", (int)agent);
@@ -455,6 +493,8 @@ static struct {
     int queue_warned;      /* this full-pipe episode has been logged */
     struct pidset groups;  /* what the watchdog holds, or will once the
                               queue is through */
+    struct pidset fenced;  /* the quorum groups among them */
+    uint64_t lease;        /* the last lease deadline sent, 0 = none */
     struct buf queue;      /* records waiting for room in the pipe */
     char marker[64];       /* "POGO_AGENT=<pid>.<ns>", decided once */
 } wd = {.wfd = -1};
@@ -508,7 +548,8 @@ static int queue_flush(void)
     return 0;
 }
 
-/* Appends every group of the mirror to q as WD_TRACK. 0 or -1 on OOM. */
+/* Appends the whole mirror to q: every group as WD_TRACK, the quorum ones
+ * as WD_FENCE too, then the lease. 0 or -1 on OOM. */
 static int queue_set(struct buf *q)
 {
     for (size_t i = 0; i < wd.groups.cap; i++) {
@@ -516,7 +557,13 @@ static int queue_set(struct buf *q)
         if (r.pgid != 0 && buf_append(q, &r, sizeof r) < 0)
             return -1;
     }
-    return 0;
+    for (size_t i = 0; i < wd.fenced.cap; i++) {
+        struct wd_record r = {.type = WD_FENCE, .pgid = wd.fenced.slot[i]};
+        if (r.pgid != 0 && buf_append(q, &r, sizeof r) < 0)
+            return -1;
+    }
+    struct wd_record lease = {.type = WD_LEASE, .arg = wd.lease};
+    return buf_append(q, &lease, sizeof lease);
 }
 
 static void queue_push(const struct wd_record *r)
@@ -533,7 +580,7 @@ static void queue_push(const struct wd_record *r)
                          "records until its pipe drains", (int)wd.pid);
     }
     size_t queued = buf_avail(&wd.queue) / sizeof *r;
-    if (queued <= WD_QUEUE_COMPACT || queued <= 2 * wd.groups.n + 2)
+    if (queued <= WD_QUEUE_COMPACT || queued <= 2 * (wd.groups.n + wd.fenced.n) + 3)
         return;
     struct buf q;
     struct wd_record reset = {.type = WD_RESET};
@@ -608,6 +655,8 @@ static void adopt(void)
     wd.lost = 0;
     wd.queue_warned = 0;
     pidset_free(&wd.groups);
+    pidset_free(&wd.fenced);
+    wd.lease = 0;
     buf_free(&wd.queue);
     wd.owner = getpid();
     marker_decide();
@@ -697,6 +746,7 @@ void watchdog_untrack(pid_t pgid)
     /* An absent pgid is not sent: the watchdog does not have it either,
      * unless the mirror ran out of memory - then it stays a kill target
      * until the marker-free group is gone, which ESRCH handles. */
+    pidset_del(&wd.fenced, pgid);
     if (!pidset_del(&wd.groups, pgid))
         return;
     if (wd.wfd < 0) {
@@ -704,6 +754,33 @@ void watchdog_untrack(pid_t pgid)
         return;
     }
     struct wd_record r = {.type = WD_UNTRACK, .pgid = pgid};
+    send_record(&r);
+}
+
+void watchdog_fence(pid_t pgid)
+{
+    if (!mine() || (wd.wfd < 0 && !wd.lost) || bad_pgid(pgid))
+        return;
+    if (pidset_add(&wd.fenced, pgid) == 0)
+        return;
+    if (wd.wfd < 0) {
+        respawn();
+        return;
+    }
+    struct wd_record r = {.type = WD_FENCE, .pgid = pgid};
+    send_record(&r);
+}
+
+void watchdog_lease(double seconds)
+{
+    if (!mine() || (wd.wfd < 0 && !wd.lost))
+        return;
+    wd.lease = seconds > 0 ? (uint64_t)(boot_ms() + (int64_t)(seconds * 1000)) : 0;
+    if (wd.wfd < 0) {
+        respawn();
+        return;
+    }
+    struct wd_record r = {.type = WD_LEASE, .arg = wd.lease};
     send_record(&r);
 }
 
@@ -752,6 +829,8 @@ void watchdog_stop(void)
         return;
     wd.lost = 0;
     pidset_free(&wd.groups);
+    pidset_free(&wd.fenced);
+    wd.lease = 0;
     buf_free(&wd.queue);     /* the stop supersedes whatever was queued */
     wd.queue_warned = 0;
     if (wd.wfd < 0)

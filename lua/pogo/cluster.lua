@@ -946,6 +946,17 @@ function Cluster:up_nodes()
   return list
 end
 
+--- How many nodes, this one included, are up and were heard from within
+--- the last `window` seconds: fresh evidence of a majority, which a node
+--- that was frozen or cut off does not have however long its links stay.
+function Cluster:fresh(window)
+  local n, now = 1, self.now()
+  for _, node in pairs(self.peers) do
+    if is_up(node) and node.last_heard and now - node.last_heard <= window then n = n + 1 end
+  end
+  return n
+end
+
 --- on("up" | "down" | "meta", fn) -> cancel. "up" fires once the hello
 --- exchange is done (metadata known), "down" with a reason, "meta" when a
 --- node (this one too) advertises new metadata.

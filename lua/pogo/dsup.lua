@@ -32,19 +32,23 @@
 -- the policy changed). A pass every M.ANTI_ENTROPY seconds is a backstop.
 --
 -- Quorum children (partition = "quorum") need `expect` in the node config.
--- A side runs them only while it sees a majority of `expect` nodes. The
--- side that loses the majority stops them at once, and a watchdog lease
--- (config `lease`) kills them even if the agent is frozen: the agent renews
--- the lease only while it sees a majority. The majority side starts a
--- quorum child whose instance vanished with a node only M.fence() seconds
--- after that node went down: detection (at most the cluster's down
--- timeout) + lease + margin, so the old copy is dead before the new one
--- starts. See README "Partitions".
+-- A node has quorum while it has heard, within the last M.FRESH seconds,
+-- from a majority of `expect` nodes (itself included). It starts quorum
+-- children only then, stops them as soon as it loses quorum, and renews a
+-- watchdog lease of `lease` seconds every M.RENEW while it has quorum; the
+-- watchdog, a separate process, SIGKILLs the quorum children's groups when
+-- the lease runs out, so a frozen agent's children die too. A node cut off
+-- at t0 renews at the latest at t0 + FRESH, so its quorum children are dead
+-- by t0 + FRESH + lease. The other side cannot notice the loss before t0,
+-- and starts a quorum child whose instance vanished with a node only
+-- M.fence() = FRESH + lease + MARGIN after that: never two at once, with no
+-- assumption on clocks beyond rates. See README "Partitions".
 
 local hooks = require "pogo.hooks"
 local log = require "pogo.log"
 local loop = require "pogo.core.loop"
 local placement = require "pogo.placement"
+local proc = require "pogo.core.proc"
 local reconcile = require "pogo.reconcile"
 local spec_mod = require "pogo.spec"
 local supervisor = require "pogo.supervisor"
@@ -58,8 +62,9 @@ M.KEY = 0
 M.KIND = "dsup"          -- cluster message kind (restart forwarding)
 M.ANTI_ENTROPY = 3       -- seconds between backstop passes
 M.SYNC_WAIT = 2          -- seconds a starting node waits for its peers' state
-M.DETECTION = 2          -- bound on failure detection, seconds (cluster)
+M.FRESH = 1.5            -- a majority heard from within this long is a quorum
 M.MARGIN = 0.5           -- added to the quorum fence
+M.RENEW = 0.25           -- how often the quorum lease is renewed
 
 local S = nil            -- the running instance (start/stop)
 
@@ -68,7 +73,7 @@ local function now() return loop.now() end
 --- The quorum fence: how long after a node went down the majority waits
 --- before starting a quorum child that ran there.
 function M.fence()
-  return M.DETECTION + (S and S.lease or 2) + M.MARGIN
+  return M.FRESH + (S and S.lease or 2) + M.MARGIN
 end
 
 -- Versions and entries --------------------------------------------------------------
@@ -334,8 +339,8 @@ local function live_nodes()
   return all, eligible
 end
 
-local function has_quorum(count)
-  return S.expect ~= nil and count * 2 > S.expect
+local function has_quorum()
+  return S.expect ~= nil and S.cluster:fresh(M.FRESH) * 2 > S.expect
 end
 
 -- Where id should run: node | { node = nil, reason = }, and the inputs.
@@ -431,7 +436,7 @@ pass = function()
   if #ids == 0 then return end
 
   local all, eligible = live_nodes()
-  local quorum = has_quorum(#all)
+  local quorum = has_quorum()
   S.quorum = quorum
   local view = {
     self = S.self, nodes = all, desired = {}, running = {}, assigned = {}, quorum = quorum,
@@ -544,6 +549,21 @@ function M.start(opts)
   end
   for _, name in ipairs(S.cluster:up_nodes()) do S.up_set[name] = true end
   supervisor.on_change = on_local_change
+  supervisor.spawn_gate = function(e)
+    if not (e.distributed and e.spec.partition == "quorum") then return nil end
+    if not has_quorum() then return "quorum child on a node without quorum" end
+    proc.watchdog_lease(S.lease)
+    return nil
+  end
+  S.renew = loop.timer(M.RENEW, M.RENEW, function()
+    local q = has_quorum()
+    if q then proc.watchdog_lease(S.lease) end
+    if S.expect and q ~= S.quorum then
+      L.warn("%s quorum (%d of %s nodes heard from)", q and "gained" or "lost",
+        S.cluster:fresh(M.FRESH), tostring(S.expect))
+      all_dirty()
+    end
+  end)
   local c = S.cancels
   c[#c + 1] = S.pg:monitor(M.DESIRED, nil, on_desired)
   c[#c + 1] = S.pg:monitor(M.SOURCES, nil, on_source)
@@ -580,8 +600,10 @@ function M.close()
   for _, cancel in ipairs(S.cancels) do cancel() end
   S.cluster:handle(M.KIND, nil)
   for _, t in pairs(S.markers) do t:close() end
-  for _, t in ipairs { S.ticker, S.sync_timer, S.fence_t, S.drain_timer } do t:close() end
-  supervisor.on_change = nil
+  for _, name in ipairs { "ticker", "sync_timer", "fence_t", "drain_timer", "renew" } do
+    if S[name] then S[name]:close() end
+  end
+  supervisor.on_change, supervisor.spawn_gate = nil, nil
   S = nil
 end
 

@@ -59,7 +59,7 @@
 -- Rules, per id, in this order of precedence:
 --  (5) Not desired (no entry, or the winner is stopped): stop local copies.
 --  (6) partition = "quorum" and quorum is false: never start; stop local
---      copies (the fence). How long the majority waits before it starts is
+--      copies (the fence). A quorum child always moves stop_first. How long the majority waits before it starts is
 --      the agent's timing argument (lease/fence time), not this function's.
 --  (7) assigned = nil: nothing runs it; stop local copies; explain
 --      "pending: <reason>".
@@ -252,7 +252,8 @@ local function decide_one(view, id, live, out, wait)
     end
   end
 
-  local stop_first = spec.handoff == "stop_first"
+  -- A quorum child never has two copies, not even while it moves.
+  local stop_first = spec.handoff == "stop_first" or spec.partition == "quorum"
   local keeper = M.keeper(instances)
   local kept_here = false
   for _, inst in ipairs(locals) do

@@ -26,6 +26,7 @@ M.notify_path = nil     -- the shared sd_notify socket, once opened
 M.budget = 0.25         -- user code budget (readiness checks)
 M.last_generation = 0
 M.on_change = nil       -- fn(id) after every state change (pogo.dsup)
+M.spawn_gate = nil      -- fn(entry) -> nil | why it must not start now (pogo.dsup)
 
 local notify_handle     -- proc.notify handle
 local by_pid = {}       -- pid -> entry, for sd_notify senders
@@ -165,6 +166,15 @@ local start_readiness   -- forward
 
 local function spawn(e)
   local spec = e.spec
+  local refused = M.spawn_gate and M.spawn_gate(e)
+  if refused then
+    e.last_error = refused
+    e.last_exit = "not started: " .. refused
+    note(e, "not started: %s", refused)
+    L.warn("child '%s': not started: %s", e.id, refused)
+    fire(e, "spawn_failed", { error = refused })
+    return
+  end
   e.generation = next_generation(e)
   local handle, err, code, detail = proc.spawn {
     id = e.id,
@@ -193,6 +203,7 @@ local function spawn(e)
     return
   end
   e.handle, e.pid, e.started_at = handle, handle:pid(), loop.now()
+  if e.distributed and spec.partition == "quorum" then proc.watchdog_fence(e.pid) end
   e.last_error = nil
   by_pid[e.pid] = e
   note(e, "started pid %d (generation %d)", e.pid, e.generation)
