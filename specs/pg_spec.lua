@@ -696,6 +696,35 @@ describe("#sim pogo.pg", function()
     assert.are.equal(-300, b:members("s", "g")[10].value)
   end)
 
+  it("keeps members right across the blocks of the log", function()
+    local net = new_net(pg, { block = 7, chunk = 5, sweep = 4, compact_min = 10 })
+    local a = net:add("a")
+    for i = 1, 60 do a:join("s", "g" .. (i % 4), i, { i = i }) end
+    for i = 1, 40, 2 do a:leave("s", "g" .. (i % 4), i) end
+    local b = net:add("b")
+    net:link("a", "b")
+    net:settle()
+    assert.are.same(view_of(a, "a"), view_of(b, "a"))
+    for i = 2, 50, 2 do a:leave("s", "g" .. (i % 4), i) end   -- compacts across blocks
+    assert.is_true(a:status().log_slots < 60)
+    a:join("s", "g1", 61, "new")
+    net:settle()
+    assert.are.same(view_of(a, "a"), view_of(b, "a"))
+    assert.are.equal(16, b:count("s"))
+    assert.are.same({ i = 59 }, b:members("s", "g3")[#b:members("s", "g3")].value)
+    net:unlink("a", "b", "b")                  -- only b sees the link die
+    for i = 41, 49, 2 do a:leave("s", "g" .. (i % 4), i) end
+    net:link("a", "b")
+    net:settle()
+    assert.are.same(view_of(a, "a"), view_of(b, "a"))
+    local evb = recorder(b, "s")
+    net:crash("a")
+    net:settle()
+    assert.are.equal(11, #evb)
+    assert.are.equal("leave s/g3 a:51={i=51} (node down)", evb[1])   -- in join order
+    assert.are.equal("leave s/g1 a:61=new (node down)", evb[11])
+  end)
+
   it("removes a node's members everywhere when it goes down", function()
     local net = mesh { "a", "b", "c" }
     local a, b, c = net:pg "a", net:pg "b", net:pg "c"

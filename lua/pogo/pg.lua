@@ -23,12 +23,19 @@
 -- deliver nothing from an old link after that.
 --
 -- Storage. Each node's members live in a per-node log: parallel arrays
--- (group, key, value, snapshot mark) indexed by a slot number, appended on a
--- new join, tombstoned (false) on a leave, compacted when the dead slots
--- outnumber the live ones. Groups index the slots: G.nodes[node][key] = slot.
--- The log gives cursors that stay valid while members come and go, which is
--- what lets snapshots be sent and swept in small steps, and a deterministic
--- order (join order) for the leaves of a node that goes down.
+-- (group, key, value, snapshot mark, size) indexed by a slot number,
+-- appended on a new join, tombstoned (false) on a leave, compacted when the
+-- dead slots outnumber the live ones. Groups index the slots:
+-- G.nodes[node][key] = slot. The log gives cursors that stay valid while
+-- members come and go, which is what lets snapshots be sent and swept in
+-- small steps, and a deterministic order (join order) for the leaves of a
+-- node that goes down.
+--
+-- The arrays are cut into blocks of M.BLOCK slots. Lua's collector
+-- traverses a table in one go, and re-traverses a table written after it
+-- was marked in its atomic phase; a table grows by doubling, copying the
+-- whole array at once. With one array of 100,000 slots each of those is a
+-- pause of milliseconds in the agent's loop; with blocks each is small.
 --
 -- A local join stores a copy of its value; members() and monitor events
 -- hand out the stored value itself, which callers must not modify.
@@ -42,6 +49,7 @@ local M = {}
 M.CHUNK = 1000          -- members per snapshot message
 M.CHUNK_BYTES = 1 << 20 -- and about this many bytes, at most one member over
 M.SWEEP = 2000          -- log slots per step of a snapshot sweep or of a drop's leaves
+M.BLOCK = 4096          -- log slots per block of the log's arrays
 M.NAME_MAX = 255        -- bytes in a scope or group name
 M.VALUE_DEPTH = 56      -- nesting of a value (the codec allows 64 in all)
 M.VALUE_MAX = 1 << 20   -- bytes of a key and value, roughly as encoded
@@ -153,15 +161,24 @@ local Pg = {}
 Pg.__index = Pg
 Pg.__name = "pogo.pg"
 
+-- One block of a log: slot s of the log is index s - base of block
+-- (s - 1) // B + 1, where base = (that index - 1) * B.
+local function new_block()
+  return {
+    G = {},          -- index -> group record, false once the member left
+    k = {},          -- index -> key
+    v = {},          -- index -> boxed value
+    mark = {},       -- index -> id of the snapshot that last confirmed it
+    size = {},       -- index -> bytes on the wire (this node's log only)
+  }
+end
+
 -- The log of one node's members.
-local function new_rec(name)
+local function new_rec(name, B)
   return {
     name = name,
-    G = {},          -- slot -> group record, false once the member left
-    k = {},          -- slot -> key
-    v = {},          -- slot -> boxed value
-    mark = {},       -- slot -> id of the snapshot that last confirmed it
-    size = {},       -- slot -> bytes on the wire (this node's log only)
+    B = B,           -- slots per block
+    blocks = {},     -- block number -> block
     top = 0,         -- highest slot used
     live = 0,
     dead = 0,
@@ -169,10 +186,16 @@ local function new_rec(name)
   }
 end
 
+-- The block that holds `slot`, and the slot's index in it.
+local function locate(rec, slot)
+  local b = (slot - 1) // rec.B
+  return rec.blocks[b + 1], slot - b * rec.B
+end
+
 local function rec_of(self, node)
   local rec = self.recs[node]
   if not rec then
-    rec = new_rec(node)
+    rec = new_rec(node, self.block)
     self.recs[node] = rec
   end
   return rec
@@ -241,17 +264,17 @@ end
 -- Returns true when they are all out.
 local function drop_step(self, job)
   local rec, reason, mons = job.rec, job.reason, job.mons
-  local G, k, v = rec.G, rec.k, rec.v
   local i = job.cursor
   local limit = math.min(rec.top, i + self.sweep - 1)
   while i <= limit do
-    local g = G[i]
+    local blk, o = locate(rec, i)
+    local g = blk.G[o]
     local ms = g and mons[g.S.name]
     if ms then
       job.cursor = i + 1     -- a monitor may re-enter dispatch: never repeat a slot
       deliver(self, {
         op = "leave", scope = g.S.name, group = g.name, node = rec.name,
-        key = k[i], value = unbox(v[i]), reason = reason,
+        key = blk.k[o], value = unbox(blk.v[o]), reason = reason,
       }, ms)
     end
     i = i + 1
@@ -305,20 +328,31 @@ end
 
 -- Applying changes ------------------------------------------------------------
 
+-- Moves the live members down over the tombstones, in order, block by
+-- block, into new blocks (the marks are dropped: no snapshot is running).
 local function compact(self, rec)
-  local G, k, v, size = rec.G, rec.k, rec.v, rec.size
-  local nG, nk, nv, nsize = {}, {}, {}, {}
-  local j = 0
-  for i = 1, rec.top do
-    local g = G[i]
-    if g then
-      j = j + 1
-      nG[j], nk[j], nv[j], nsize[j] = g, k[i], v[i], size[i]
-      g.nodes[rec.name][k[i]] = j
+  local B, old, name = rec.B, rec.blocks, rec.name
+  local blocks, nb, to, j = {}, 0, nil, B
+  for b = 1, (rec.top + B - 1) // B do
+    local blk = old[b]
+    local G, k, v, size = blk.G, blk.k, blk.v, blk.size
+    for o = 1, math.min(B, rec.top - (b - 1) * B) do
+      local g = G[o]
+      if g then
+        if j == B then
+          to = new_block()
+          nb, j = nb + 1, 0
+          blocks[nb] = to
+        end
+        j = j + 1
+        to.G[j], to.k[j], to.v[j], to.size[j] = g, k[o], v[o], size[o]
+        g.nodes[name][k[o]] = (nb - 1) * B + j
+      end
     end
+    old[b] = nil
   end
-  rec.G, rec.k, rec.v, rec.size, rec.mark = nG, nk, nv, nsize, {}
-  rec.top, rec.dead = j, 0
+  rec.blocks = blocks
+  rec.top, rec.dead = rec.live, 0
 end
 
 -- Compacts unless a cursor (a snapshot being sent or swept) is on the log.
@@ -340,9 +374,10 @@ local function put(self, node, scope, group, key, value, mark, size)
   local keys = G.nodes[node]
   local slot = keys and keys[key]
   if slot then
-    rec.mark[slot] = mark
-    if equal(unbox(rec.v[slot]), value, 1) then return false end
-    rec.v[slot], rec.size[slot] = box(value), size
+    local blk, o = locate(rec, slot)
+    blk.mark[o] = mark
+    if equal(unbox(blk.v[o]), value, 1) then return false end
+    blk.v[o], blk.size[o] = box(value), size
     G.sorted = nil
     emit(self, "join", G, node, key, value)
     return true
@@ -355,7 +390,12 @@ local function put(self, node, scope, group, key, value, mark, size)
   end
   slot = rec.top + 1
   rec.top = slot
-  rec.G[slot], rec.k[slot], rec.v[slot], rec.mark[slot], rec.size[slot] = G, key, box(value), mark, size
+  local blk, o = locate(rec, slot)
+  if not blk then
+    blk = new_block()
+    rec.blocks[(slot - 1) // rec.B + 1] = blk
+  end
+  blk.G[o], blk.k[o], blk.v[o], blk.mark[o], blk.size[o] = G, key, box(value), mark, size
   rec.live = rec.live + 1
   keys[key] = slot
   G.n[node] = G.n[node] + 1
@@ -369,7 +409,8 @@ end
 
 -- Takes the member in `slot` out of the group indexes (not out of the log).
 local function unlink(self, rec, slot, reason)
-  local G, key = rec.G[slot], rec.k[slot]
+  local blk, o = locate(rec, slot)
+  local G, key = blk.G[o], blk.k[o]
   local node = rec.name
   local keys = G.nodes[node]
   keys[key] = nil
@@ -384,18 +425,23 @@ local function unlink(self, rec, slot, reason)
   G.S.count = G.S.count - 1
   G.sorted = nil
   self.total = self.total - 1
-  emit(self, "leave", G, node, key, unbox(rec.v[slot]), reason)
+  emit(self, "leave", G, node, key, unbox(blk.v[o]), reason)
   drop_if_empty(self, G)
+end
+
+-- Tombstones the slot of a member that unlink() took out.
+local function bury(rec, slot)
+  local blk, o = locate(rec, slot)
+  blk.G[o], blk.k[o], blk.v[o], blk.mark[o], blk.size[o] = false, false, false, nil, nil
+  rec.live = rec.live - 1
+  rec.dead = rec.dead + 1
 end
 
 local function remove(self, rec, slot, reason)
   unlink(self, rec, slot, reason)
-  rec.G[slot], rec.k[slot], rec.v[slot], rec.mark[slot], rec.size[slot] = false, false, false, nil, nil
-  rec.live = rec.live - 1
-  rec.dead = rec.dead + 1
+  bury(rec, slot)
   maybe_compact(self, rec)
 end
-
 local function remove_key(self, node, scope, group, key, reason)
   local G = find_group(self, scope, group)
   local keys = G and G.nodes[node]
@@ -453,16 +499,16 @@ end
 local function stream_step(self, peer, st)
   if self.closed or peer.stream ~= st then return end
   local rec = rec_of(self, self.me)
-  local G, k, v, size = rec.G, rec.k, rec.v, rec.size
   local chunk, n, bytes = {}, 0, 0
   local i, stop = st.cursor, st.stop
   local limit = math.min(stop, i + 4 * self.chunk - 1)   -- bounds the skipping of tombstones
   while i <= limit and n < self.chunk and bytes < self.chunk_bytes do
-    local g = G[i]
+    local blk, o = locate(rec, i)
+    local g = blk.G[o]
     if g then
       n = n + 1
-      chunk[n] = { g.S.name, g.name, k[i], unbox(v[i]) }
-      bytes = bytes + #g.S.name + #g.name + 8 + (size[i] or 0)
+      chunk[n] = { g.S.name, g.name, blk.k[o], unbox(blk.v[o]) }
+      bytes = bytes + #g.S.name + #g.name + 8 + (blk.size[o] or 0)
     end
     i = i + 1
   end
@@ -510,15 +556,14 @@ local function sweep_step(self, peer, sync)
   if self.closed or peer.sync ~= sync then return end
   local rec = self.recs[peer.name]
   if rec then
-    local G, mark, want = rec.G, rec.mark, sync.mark
+    local want = sync.mark
     local i = sync.cursor
     local limit = math.min(sync.stop, i + self.sweep - 1)
     while i <= limit do
-      if G[i] and mark[i] ~= want then
+      local blk, o = locate(rec, i)
+      if blk.G[o] and blk.mark[o] ~= want then
         unlink(self, rec, i, "snapshot")
-        G[i], rec.k[i], rec.v[i], mark[i] = false, false, false, nil
-        rec.live = rec.live - 1
-        rec.dead = rec.dead + 1
+        bury(rec, i)
       end
       i = i + 1
     end
@@ -638,7 +683,7 @@ end
 
 --- A pg instance over `cluster` (see the header). opts: chunk and
 --- chunk_bytes (bounds of a snapshot message), sweep (log slots per step of
---- a sweep or a drop), compact_min.
+--- a sweep or a drop), block (log slots per block), compact_min.
 function M.new(cluster, opts)
   if type(cluster) ~= "table" then
     error("pogo.pg.new: cluster must be a table, got " .. type(cluster), 2)
@@ -657,6 +702,7 @@ function M.new(cluster, opts)
     chunk = opts.chunk or M.CHUNK,
     chunk_bytes = opts.chunk_bytes or M.CHUNK_BYTES,
     sweep = opts.sweep or M.SWEEP,
+    block = opts.block or M.BLOCK,
     compact_min = opts.compact_min or M.COMPACT_MIN,
     by_scope = {},        -- scope name -> { groups = name -> group record, ... }
     nscopes = 0, sorted_scopes = nil,
@@ -750,7 +796,8 @@ function Pg:members(scope, group)
   for i = 1, #list do
     local node, key = list[i][1], list[i][2]
     local slot = G.nodes[node][key]
-    out[i] = { node = node, key = key, value = unbox(self.recs[node].v[slot]) }
+    local blk, o = locate(self.recs[node], slot)
+    out[i] = { node = node, key = key, value = unbox(blk.v[o]) }
   end
   return out
 end
@@ -765,9 +812,10 @@ function Pg:local_members(scope, group)
   local list = {}
   for key in next, keys do list[#list + 1] = key end
   table.sort(list, key_less)
-  local v = self.recs[self.me].v
+  local rec = self.recs[self.me]
   for i, key in ipairs(list) do
-    list[i] = { node = self.me, key = key, value = unbox(v[keys[key]]) }
+    local blk, o = locate(rec, keys[key])
+    list[i] = { node = self.me, key = key, value = unbox(blk.v[o]) }
   end
   return list
 end
