@@ -86,7 +86,7 @@ local function watch_files(cfg)
   for _, w in ipairs(watches) do w:close() end
   watches = {}
   local names = {}
-  for _, path in ipairs { M.path, cfg.hooks, cfg.secret_file, cfg.placement } do
+  for _, path in pairs { M.path, cfg.hooks or false, cfg.secret_file or false, cfg.placement or false } do
     if path then
       local dir = util.dirname(path)
       names[dir] = names[dir] or {}

@@ -465,7 +465,13 @@ pass = function()
         local a = assign(id, sp, live, eligible)
         view.assigned[id] = a
         local to = type(a) == "string" and a or nil
+        -- Where it was meant to be, or (first sight here) where it runs.
         local from = S.assigned[id]
+        if from == nil then
+          for _, inst in ipairs(live) do
+            if inst.state == "ready" then from = inst.node break end
+          end
+        end
         if from ~= nil and from ~= to then placement_changed(id, sp, from, to) end
         S.assigned[id] = to
         S.reasons[id] = type(a) == "table" and a.reason or nil
