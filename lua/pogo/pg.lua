@@ -332,7 +332,8 @@ end
 -- block, into new blocks (the marks are dropped: no snapshot is running).
 local function compact(self, rec)
   local B, old, name = rec.B, rec.blocks, rec.name
-  local blocks, nb, to, j = {}, 0, nil, B
+  local blocks, nb, j = {}, 0, B
+  local to      -- the block being filled
   for b = 1, (rec.top + B - 1) // B do
     local blk = old[b]
     local G, k, v, size = blk.G, blk.k, blk.v, blk.size
