@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "pogo.h"
 
 static int l_hostname(lua_State *L)
@@ -250,6 +252,20 @@ static int l_environ(lua_State *L)
     return 1;
 }
 
+/* digest(s) -> 32 hex digits: BLAKE2b-128 of s. The same on every node,
+ * for content addresses and spec fingerprints. */
+static int l_digest(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    unsigned char h[16];
+    crypto_generichash(h, sizeof h, (const unsigned char *)s, len, NULL, 0);
+    char hex[2 * sizeof h + 1];
+    sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+    lua_pushlstring(L, hex, 2 * sizeof h);
+    return 1;
+}
+
 static int l_isatty(lua_State *L)
 {
     lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -272,6 +288,7 @@ int luaopen_pogo_sys(lua_State *L)
         {"environ", l_environ},
         {"getpgid", l_getpgid},
         {"random", l_random},
+        {"digest", l_digest},
         {"write_private", l_write_private},
         {NULL, NULL},
     };

@@ -137,10 +137,7 @@ local function wait_running(conn, ids, timeout)
   timer = loop.timer(0, M.WAIT_POLL, function()
     local placed, missing = {}, {}
     for _, id in ipairs(ids) do
-      local where
-      for _, r in ipairs(d.children { match = "^" .. id:gsub("%p", "%%%0") .. "$" }) do
-        if r.state == "ready" then where = r.node end
-      end
+      local where = d.where(id)
       if where then placed[#placed + 1] = { id = id, node = where }
       else missing[#missing + 1] = id end
     end
@@ -173,7 +170,13 @@ function M.ops.start(conn, req)
     })
     if not specs then return { ok = false, error = err } end
     if d then
-      ids = d.start_specs(specs, text, req.file)
+      -- Answered once every request is made (and, with wait, running).
+      local wait = req.wait
+      ids = d.start_specs(specs, text, req.file, function()
+        if wait then wait_running(conn, ids, tonumber(wait) or 10)
+        else conn:send { ok = true, started = ids } end
+      end)
+      return nil
     else
       local ok, aerr = sup().add(specs)
       if not ok then return { ok = false, error = aerr } end

@@ -52,6 +52,7 @@ local proc = require "pogo.core.proc"
 local reconcile = require "pogo.reconcile"
 local spec_mod = require "pogo.spec"
 local supervisor = require "pogo.supervisor"
+local sys = require "pogo.core.sys"
 
 local L = log.sub("dsup")
 
@@ -65,6 +66,9 @@ M.SYNC_WAIT = 2          -- seconds a starting node waits for its peers' state
 M.FRESH = 1.5            -- a majority heard from within this long is a quorum
 M.MARGIN = 0.5           -- added to the quorum fence
 M.RENEW = 0.25           -- how often the quorum lease is renewed
+M.PASS_MAX = 500         -- child ids decided per loop iteration
+M.STARTS_MAX = 100       -- local starts per loop iteration
+M.REQUEST_BATCH = 500    -- requests made per loop iteration
 
 local S = nil            -- the running instance (start/stop)
 
@@ -95,7 +99,7 @@ local function copy_entry(v)
   return { c = v.c, n = v.n, src = v.src, name = v.name, fp = v.fp, stop = v.stop and true or nil }
 end
 
-local function digest(text, name) return placement.hex(name .. "\n" .. text) end
+local function digest(text, name) return sys.digest(name .. "\n" .. text) end
 
 -- Dirty ids and the pass ---------------------------------------------------------------
 
@@ -181,18 +185,21 @@ end
 
 -- The desired set ---------------------------------------------------------------------
 
--- Makes v this node's entry for id (its source first, so peers have it).
-local function adopt(id, v)
+-- Makes v this node's entry for id (its source first, so peers have it);
+-- quiet: the caller decides id anyway.
+local function adopt(id, v, quiet)
   local old = S.own[id]
   if v.src then hold(v.src) end
   S.own[id] = v
   S.pg:join(M.DESIRED, id, M.KEY, v)
   if old and old.src then release(old.src) end
   if v.c > S.clock then S.clock = v.c end
-  dirty(id)
+  if not quiet then dirty(id) end
 end
 
 -- Adopts the newest entry any node holds for id, if it is newer than ours.
+-- Called from the pass (S.stale marks the ids to look at), so a burst of
+-- requests from a peer is adopted PASS_MAX per loop iteration.
 local function consider(id)
   local best = S.own[id]
   for _, m in ipairs(S.pg:members(M.DESIRED, id)) do
@@ -205,7 +212,7 @@ local function consider(id)
     S.awaiting[best.src][id] = true
     return
   end
-  adopt(id, copy_entry(best))
+  adopt(id, copy_entry(best), true)
 end
 
 local function request(id, fields)
@@ -214,7 +221,40 @@ local function request(id, fields)
     c = S.clock, n = S.self, src = fields.src, name = fields.name, fp = fields.fp,
     stop = fields.stop or nil,
   })
-  L.info("%s request for child '%s' (version %d@%s)", fields.stop and "stop" or "start", id, S.clock, S.self)
+  L.debug("%s request for child '%s' (version %d@%s)", fields.stop and "stop" or "start", id, S.clock, S.self)
+end
+
+-- Requests are made REQUEST_BATCH per loop iteration: a file of 10,000
+-- children must not stall heartbeats. A job is a list of functions, each
+-- making one request, and done(), called after the last.
+local function run_jobs()
+  S.jobs_scheduled = false
+  if S.closed then return end
+  local budget = M.REQUEST_BATCH
+  while budget > 0 and #S.jobs > 0 do
+    local job = S.jobs[1]
+    while budget > 0 and job.next <= #job do
+      job[job.next]()
+      job.next, budget = job.next + 1, budget - 1
+    end
+    if job.next > #job then
+      table.remove(S.jobs, 1)
+      if job.done then job.done() end
+    end
+  end
+  if #S.jobs > 0 and not S.jobs_scheduled then
+    S.jobs_scheduled = true
+    S.cluster:defer(run_jobs)
+  end
+end
+
+local function queue(job)
+  job.next = 1
+  S.jobs[#S.jobs + 1] = job
+  if not S.jobs_scheduled then
+    S.jobs_scheduled = true
+    S.cluster:defer(run_jobs)
+  end
 end
 
 -- Registers a source text as ours (cached, specs already known) -> digest.
@@ -232,21 +272,30 @@ local function publish(text, name, specs)
   return d
 end
 
-local function fp_of(sp) return placement.hex(spec_mod.fingerprint(sp)) end
+local function fp_of(sp) return sys.digest(spec_mod.fingerprint(sp)) end
 
---- Start requests for specs loaded from `text` (named `name`). A child whose
---- request already stands with an equal spec is left alone.
-local function request_specs(specs, text, name)
+--- Start requests for specs loaded from `text` (named `name`); returns
+--- their ids. A child whose request already stands with an equal spec is
+--- left alone. done(), if given, once every request is made.
+local function request_specs(specs, text, name, done)
   local d = publish(text, name, specs)
-  local ids = {}
-  for _, sp in ipairs(specs) do
-    local fp = fp_of(sp)
-    local cur = S.own[sp.id]
-    if not cur or cur.stop or cur.fp ~= fp then
-      request(sp.id, { src = d, name = name, fp = fp })
+  local ids, job, made = {}, {}, 0
+  for i, sp in ipairs(specs) do
+    ids[i] = sp.id
+    job[i] = function()
+      local fp = fp_of(sp)
+      local cur = S.own[sp.id]
+      if not cur or cur.stop or cur.fp ~= fp then
+        request(sp.id, { src = d, name = name, fp = fp })
+        made = made + 1
+      end
     end
-    ids[#ids + 1] = sp.id
   end
+  job.done = function()
+    if made > 0 then L.info("start requests for %d of the %d children of %s", made, #specs, name) end
+    if done then done() end
+  end
+  queue(job)
   return ids
 end
 
@@ -422,17 +471,24 @@ end
 pass = function()
   S.scheduled = false
   if S.closed then return end
-  local ids = {}
+  local set = S.dirty
   if S.all then
-    local seen = {}
-    local function add(id) if not seen[id] then seen[id] = true ids[#ids + 1] = id end end
-    for id in pairs(S.own) do add(id) end
-    for _, id in ipairs(S.pg:groups(M.RUNNING)) do add(id) end
-    for id, e in pairs(supervisor.entries) do if e.distributed then add(id) end end
-  else
-    for id in pairs(S.dirty) do ids[#ids + 1] = id end
+    S.all = false
+    for id in pairs(S.own) do set[id] = true end
+    for _, id in ipairs(S.pg:groups(M.RUNNING)) do set[id] = true end
+    for id, e in pairs(supervisor.entries) do if e.distributed then set[id] = true end end
   end
-  S.all, S.dirty = false, {}
+  -- At most PASS_MAX ids per loop iteration, so heartbeats and requests
+  -- are served in between however many children there are.
+  local ids = {}
+  for id in pairs(set) do
+    if #ids == M.PASS_MAX then schedule() break end
+    ids[#ids + 1] = id
+  end
+  for _, id in ipairs(ids) do
+    set[id] = nil
+    if S.stale[id] then S.stale[id] = nil consider(id) end
+  end
   if #ids == 0 then return end
 
   local all, eligible = live_nodes()
@@ -487,9 +543,15 @@ pass = function()
     S.waiting[w.id] = { reason = w.reason, since = old and old.reason == w.reason and old.since or w.since }
   end
   for _, id in ipairs(ids) do S.waiting_since[id] = S.waiting[id] end
+  local starts = 0
   for _, a in ipairs(actions) do
-    local ok, err = xpcall(execute, debug.traceback, a, specs)
-    if not ok then L.error("%s of child '%s' failed: %s", a.op, a.id, err) end
+    if a.op == "start" or a.op == "replace" then starts = starts + 1 end
+    if starts > M.STARTS_MAX then
+      dirty(a.id)     -- decided again next iteration, after other events
+    else
+      local ok, err = xpcall(execute, debug.traceback, a, specs)
+      if not ok then L.error("%s of child '%s' failed: %s", a.op, a.id, err) end
+    end
   end
   S.passes = S.passes + 1
 end
@@ -500,7 +562,8 @@ local function on_desired(ev)
   if ev.node == S.self or ev.op ~= "join" then return end
   if valid_entry(ev.value) then
     if ev.value.c > S.clock then S.clock = ev.value.c end
-    consider(ev.group)
+    S.stale[ev.group] = true
+    dirty(ev.group)
   else
     L.warn("ignoring a malformed desired entry for '%s' from %s", ev.group, ev.node)
   end
@@ -511,7 +574,10 @@ local function on_source(ev)
   local waiting = S.awaiting[ev.group]
   if not waiting then return end
   S.awaiting[ev.group] = nil
-  for id in pairs(waiting) do consider(id) end
+  for id in pairs(waiting) do
+    S.stale[id] = true
+    dirty(id)
+  end
 end
 
 local function on_running(ev)
@@ -545,7 +611,7 @@ function M.start(opts)
     markers = {}, history = {}, lost = {}, dirty = {}, all = false, scheduled = false,
     assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
-    files = nil, synced = false, closed = false,
+    files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
   }
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end
@@ -669,19 +735,29 @@ function M.apply_files(desired, files)
     table.sort(list, function(a, b) return a.id < b.id end)
     request_specs(list, files[path].src, path)
   end
+  local stops = {}
   for id in pairs(S.dir_ids or {}) do
-    local cur = S.own[id]
-    if not desired[id] and cur and not cur.stop then
-      request(id, { stop = true, src = cur.src, name = cur.name, fp = cur.fp })
+    if not desired[id] then
+      stops[#stops + 1] = function()
+        local cur = S.own[id]
+        if cur and not cur.stop then
+          request(id, { stop = true, src = cur.src, name = cur.name, fp = cur.fp })
+        end
+      end
     end
+  end
+  if #stops > 0 then
+    L.info("stop requests for %d children gone from the children directory", #stops)
+    queue(stops)
   end
   S.dir_ids = {}
   for id in pairs(desired) do S.dir_ids[id] = true end
 end
 
---- Start requests for specs (from a file or a table). text/name: the source.
-function M.start_specs(specs, text, name)
-  return request_specs(specs, text, name)
+--- Start requests for specs (from a file or a table). text/name: the
+--- source. Returns the ids; done() once the requests are all made.
+function M.start_specs(specs, text, name, done)
+  return request_specs(specs, text, name, done)
 end
 
 --- A start request for a known child that was stopped.
@@ -746,6 +822,14 @@ function M.children(opts)
     end
   end
   return rows
+end
+
+--- The node where child id runs and is ready, or nil.
+function M.where(id)
+  for _, inst in ipairs(instances(id)) do
+    if inst.state == "ready" and (inst.node == S.self or S.up_set[inst.node]) then return inst.node end
+  end
+  return nil
 end
 
 --- Why a child is where it is: the request, the policy's inputs and
@@ -818,12 +902,23 @@ function M.drain(timeout, done)
   local before = local_count()
   if #S.cluster:up_nodes() <= 1 then done(0, before) return end
   L.info("draining %d children to the other nodes", before)
+  -- Nobody to hand over to once every other node drains too (a whole
+  -- cluster stopped at once): then stop here without waiting.
+  local function takers()
+    for _, n in ipairs(S.cluster:nodes()) do
+      if not n.self and n.state == "up" and not (n.meta and n.meta.draining) then return true end
+    end
+    return false
+  end
   S.drain_timer = loop.timer(0.02, 0.02, function()
     local left = local_count()
-    if left == 0 or now() - t0 >= timeout then
+    if left == 0 or now() - t0 >= timeout or not takers() then
       S.drain_timer:close()
       S.drain_timer = nil
-      if left > 0 then L.warn("drain timed out with %d children still here", left) end
+      if left > 0 then
+        L.warn("drain ends with %d children still here: %s", left,
+          takers() and "timed out" or "no other node takes children")
+      end
       done(before - left, left)
     end
   end)
