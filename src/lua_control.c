@@ -31,8 +31,13 @@
 
 struct conn;
 
+/* After EMFILE and the like, accepts pause this long (the connection stays
+ * queued and the socket readable: watching it would spin). */
+#define ACCEPT_PAUSE 0.1
+
 struct server {
     ev_io io;             /* readable: accept */
+    ev_timer pause;       /* accepts paused after running out of fds */
     lua_State *L;
     int fd;               /* -1 once closed */
     int on_request;       /* registry ref: fn(conn, request) -> response? */
@@ -281,6 +286,14 @@ static int l_conn_index(lua_State *L)
 
 /* ---- server ------------------------------------------------------------------ */
 
+static void on_accept_pause(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = (struct server *)((char *)w - offsetof(struct server, pause));
+    if (s->fd >= 0)
+        ev_io_start(loop, &s->io);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
@@ -289,8 +302,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     for (;;) {
         int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                log_warn("control", "accept on %s: %s", s->path, strerror(errno));
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            log_warn("control", "accept on %s: %s; pausing accepts for %g s",
+                     s->path, strerror(errno), ACCEPT_PAUSE);
+            ev_io_stop(loop, &s->io);
+            ev_timer_set(&s->pause, ACCEPT_PAUSE, 0);
+            ev_timer_start(loop, &s->pause);
             return;
         }
         struct ucred cred;
@@ -395,6 +415,7 @@ static int l_listen(lua_State *L)
         s->on_close = luart_ref(L, 3);
     s->anchor = luart_ref(L, -1);
     ev_io_init(&s->io, on_accept, fd, EV_READ);
+    ev_timer_init(&s->pause, on_accept_pause, ACCEPT_PAUSE, 0);
     ev_io_start(luart_loop(L), &s->io);
     return 1;
 }
@@ -408,6 +429,7 @@ static int l_server_close(lua_State *L)
     while (s->conns)
         conn_close(s->conns);
     ev_io_stop(luart_loop(L), &s->io);
+    ev_timer_stop(luart_loop(L), &s->pause);
     close(s->fd);
     s->fd = -1;
     unlink(s->path);

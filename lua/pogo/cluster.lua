@@ -667,6 +667,7 @@ function Cluster:_tick()
   local stalled = gap > t.heartbeat + t.suspect_after
   if stalled then
     self.log.warn("this agent did not run for %.2fs: restarting the peers' silence clocks", gap)
+    self.stalled_at = now
   end
   for _, node in ipairs(self:_sorted()) do
     local l = node.link

@@ -69,6 +69,8 @@ M.RENEW = 0.25           -- how often the quorum lease is renewed
 M.PASS_MAX = 500         -- child ids decided per loop iteration
 M.STARTS_MAX = 100       -- local starts per loop iteration
 M.REQUEST_BATCH = 500    -- requests made per loop iteration
+M.STALL_HOLD = 1         -- seconds without local starts after this agent stalled
+M.HOLD_RETRY = 0.05      -- held starts are decided again this much later
 
 local S = nil            -- the running instance (start/stop)
 
@@ -103,7 +105,7 @@ local function digest(text, name) return sys.digest(name .. "\n" .. text) end
 
 -- Dirty ids and the pass ---------------------------------------------------------------
 
-local pass  -- forward
+local pass, hold_starts  -- forward
 
 local function schedule()
   if S.scheduled or S.closed then return end
@@ -468,6 +470,29 @@ local function execute(a, specs)
   end
 end
 
+-- Why starts must wait a moment, or nil. While a peer's snapshot is still
+-- arriving, what runs there is not known yet; right after this agent was
+-- frozen or starved, its links are being re-made and its view is old.
+-- Either way a start now could only make a duplicate. Held ids are decided
+-- again M.HOLD_RETRY later.
+hold_starts = function()
+  local why
+  if S.pg:syncing() then
+    why = "a peer's process groups are still arriving"
+  elseif S.cluster.stalled_at and S.cluster.now() - S.cluster.stalled_at < M.STALL_HOLD then
+    why = "this agent was just frozen or starved; its links are re-forming"
+  end
+  if why and not S.hold_t then
+    S.hold_t = loop.timer(M.HOLD_RETRY, 0, function()
+      S.hold_t = nil
+      local held = S.held
+      S.held = {}
+      for id in pairs(held) do dirty(id) end
+    end)
+  end
+  return why
+end
+
 pass = function()
   S.scheduled = false
   if S.closed then return end
@@ -544,9 +569,13 @@ pass = function()
   end
   for _, id in ipairs(ids) do S.waiting_since[id] = S.waiting[id] end
   local starts = 0
+  local held_by = hold_starts()
   for _, a in ipairs(actions) do
     if a.op == "start" or a.op == "replace" then starts = starts + 1 end
-    if starts > M.STARTS_MAX then
+    if held_by and a.op == "start" then
+      S.held[a.id] = true
+      S.waiting[a.id] = { reason = "start held: " .. held_by, since = now() }
+    elseif starts > M.STARTS_MAX then
       dirty(a.id)     -- decided again next iteration, after other events
     else
       local ok, err = xpcall(execute, debug.traceback, a, specs)
@@ -612,6 +641,7 @@ function M.start(opts)
     assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
+    held = {},
   }
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end
@@ -672,7 +702,7 @@ function M.close()
   for _, cancel in ipairs(S.cancels) do cancel() end
   S.cluster:handle(M.KIND, nil)
   for _, t in pairs(S.markers) do t:close() end
-  for _, name in ipairs { "ticker", "sync_timer", "fence_t", "drain_timer", "renew" } do
+  for _, name in ipairs { "ticker", "sync_timer", "fence_t", "drain_timer", "renew", "hold_t" } do
     if S[name] then S[name]:close() end
   end
   supervisor.on_change, supervisor.spawn_gate = nil, nil

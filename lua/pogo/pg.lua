@@ -886,6 +886,15 @@ function Pg:monitor(scope, group, fn)
   end
 end
 
+--- Whether a snapshot from some peer is still arriving (what we know of
+--- that peer is incomplete).
+function Pg:syncing()
+  for _, p in next, self.peers do
+    if p.sync ~= nil then return true end
+  end
+  return false
+end
+
 --- What this instance holds and is doing, for the REPL and for specs.
 function Pg:status()
   local peers = {}
@@ -939,5 +948,6 @@ function M.scopes(...) return current():scopes(...) end
 function M.count(...) return current():count(...) end
 function M.monitor(...) return current():monitor(...) end
 function M.status(...) return current():status(...) end
+function M.syncing(...) return current():syncing(...) end
 
 return M
