@@ -470,14 +470,29 @@ local function execute(a, specs)
   end
 end
 
--- Why starts must wait a moment, or nil. While a peer's snapshot is still
--- arriving, what runs there is not known yet; right after this agent was
+-- Why starts must wait a moment, or nil. Until a new node is linked to
+-- every node it knows of, or while a peer's snapshot is still arriving,
+-- what runs there is not known yet; right after this agent was
 -- frozen or starved, its links are being re-made and its view is old.
 -- Either way a start now could only make a duplicate. Held ids are decided
 -- again M.HOLD_RETRY later.
+local function all_known_up()
+  for _, n in ipairs(S.cluster:nodes()) do
+    if not n.self and n.state ~= "up" then return false end
+  end
+  return true
+end
+
 hold_starts = function()
+  -- A node that just started knows the others from its seeds before it
+  -- has links to all of them (M.SYNC_WAIT at most).
+  if not S.joined and (now() - S.started_at >= M.SYNC_WAIT or all_known_up()) then
+    S.joined = true
+  end
   local why
-  if S.pg:syncing() then
+  if not S.joined then
+    why = "joining: not linked to every known node yet"
+  elseif S.pg:syncing() then
     why = "a peer's process groups are still arriving"
   elseif S.cluster.stalled_at and S.cluster.now() - S.cluster.stalled_at < M.STALL_HOLD then
     why = "this agent was just frozen or starved; its links are re-forming"
@@ -641,7 +656,7 @@ function M.start(opts)
     assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
-    held = {},
+    held = {}, joined = false, started_at = loop.now(),
   }
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end

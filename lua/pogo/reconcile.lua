@@ -71,7 +71,9 @@
 --      `assigned`, so it holds even when nodes disagree on placement.
 --  (3) Running here, assigned to another node A: stop at once if A is not in
 --      nodes or handoff = "stop_first"; otherwise (make-before-break) only
---      once A reports an up instance. Until then: wait.
+--      once A reports an up instance, and only if rule 4 would not keep
+--      this copy (else A stops its own and none is left): withdraw the home
+--      claim first. Until then: wait.
 --  (2) Assigned here, active elsewhere: with stop_first, wait until no other
 --      instance exists (stopping ones included). If another active instance
 --      claims home, its node believes it is assigned: the nodes disagree on
@@ -274,16 +276,22 @@ local function decide_one(view, id, live, out, wait)
         elseif stop_first then
           out[#out + 1] = { op = "stop", id = id, generation = inst.generation,
             reason = "stop_first: assigned to " .. target }
-        elseif target_up then
+        elseif target_up and keeper ~= inst then
           out[#out + 1] = { op = "stop", id = id, generation = inst.generation,
             reason = "moved: " .. target .. " reports it running" }
         else
+          -- Waiting for the target; or the target runs it too but rule 4
+          -- would keep this copy (it claims home with a higher
+          -- generation): the target's node then stops its own copy, so
+          -- stopping here as well would leave none. Withdraw the claim
+          -- first; the keeper is the target's copy once that is seen.
           kept_here = true
           if inst.home then
             out[#out + 1] = { op = "claim", id = id, generation = inst.generation, home = false,
               reason = "assigned to " .. target }
           end
-          wait(id, "make-before-break: waiting for " .. target .. " to report it running")
+          wait(id, target_up and ("handing over to " .. target .. ": withdrawing the home claim first")
+            or ("make-before-break: waiting for " .. target .. " to report it running"))
           replace_if_old(inst)
         end
       else
