@@ -337,9 +337,24 @@ local function advertise(id)
   S.pg:join(M.RUNNING, id, M.KEY, v)
 end
 
+-- A start goes starting -> running -> ready within one call for most
+-- children: the changes of one loop iteration are advertised once, at its
+-- end, which divides the messages of a mass start by three.
+local function flush_adverts()
+  S.adverts_scheduled = false
+  if S.closed then return end
+  local ids = S.adverts
+  S.adverts = {}
+  for id in pairs(ids) do advertise(id) end
+end
+
 local function on_local_change(id)
   if S and not S.closed then
-    advertise(id)
+    S.adverts[id] = true
+    if not S.adverts_scheduled then
+      S.adverts_scheduled = true
+      S.cluster:defer(flush_adverts)
+    end
     dirty(id)
   end
 end
@@ -656,7 +671,7 @@ function M.start(opts)
     assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
-    held = {}, joined = false, started_at = loop.now(),
+    held = {}, joined = false, started_at = loop.now(), adverts = {}, adverts_scheduled = false,
   }
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end
