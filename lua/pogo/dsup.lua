@@ -29,7 +29,11 @@
 -- or down, a local state change, a request or a policy reload marks child
 -- ids dirty and schedules one pass on the next loop iteration, which
 -- places and decides only the dirty ids (all of them when the node set or
--- the policy changed). A pass every M.ANTI_ENTROPY seconds is a backstop.
+-- the policy changed). A backstop sweep decides every child once per
+-- M.ANTI_ENTROPY seconds, a slice every M.SWEEP_TICK, so it costs the same
+-- every tick however many children there are. Placement answers are kept
+-- per child until the node set, the metadata, the policy or the spec
+-- changes (S.epoch counts the first three).
 --
 -- Quorum children (partition = "quorum") need `expect` in the node config.
 -- A node has quorum while it has heard, within the last M.FRESH seconds,
@@ -61,7 +65,8 @@ local M = {}
 M.DESIRED, M.SOURCES, M.RUNNING = "pogo.desired", "pogo.sources", "pogo.running"
 M.KEY = 0
 M.KIND = "dsup"          -- cluster message kind (restart forwarding)
-M.ANTI_ENTROPY = 3       -- seconds between backstop passes
+M.ANTI_ENTROPY = 5       -- seconds for the backstop to go once over every child
+M.SWEEP_TICK = 0.5       -- the backstop decides a slice of the children this often
 M.SYNC_WAIT = 2          -- seconds a starting node waits for its peers' state
 M.FRESH = 1.5            -- a majority heard from within this long is a quorum
 M.MARGIN = 0.5           -- added to the quorum fence
@@ -432,6 +437,11 @@ local function assign(id, sp, insts, eligible)
   for _, inst in ipairs(insts) do
     if inst.state == "failed" then failed[inst.node] = true end
   end
+  local fp = S.own[id] and S.own[id].fp
+  local cached = S.placed[id]
+  if not next(failed) and cached and cached.epoch == S.epoch and cached.fp == fp then
+    return cached.answer
+  end
   if next(failed) then
     local rest = {}
     for _, n in ipairs(eligible) do
@@ -444,8 +454,29 @@ local function assign(id, sp, insts, eligible)
     S.policy_errors[info.error] = true
     L.error("%s (using %s)", info.error, info.policy)
   end
-  if name == nil then return { reason = info.reason or "the policy returned nil" } end
-  return name
+  local answer = name or { reason = info.reason or "the policy returned nil" }
+  if not next(failed) and not info.error then
+    S.placed[id] = { epoch = S.epoch, fp = fp, answer = answer }
+  end
+  return answer
+end
+
+-- The backstop: the next slice of every child id (a sorted snapshot,
+-- taken again once used up).
+local function sweep()
+  local list = S.sweep_list
+  if not list or S.sweep_at > #list then
+    list = {}
+    for id in pairs(S.own) do list[#list + 1] = id end
+    for id, e in pairs(supervisor.entries) do
+      if e.distributed and not S.own[id] then list[#list + 1] = id end
+    end
+    table.sort(list)
+    S.sweep_list, S.sweep_at = list, 1
+  end
+  local n = math.ceil(#list * M.SWEEP_TICK / M.ANTI_ENTROPY)
+  for i = S.sweep_at, math.min(#list, S.sweep_at + n - 1) do dirty(list[i]) end
+  S.sweep_at = S.sweep_at + n
 end
 
 local function placement_changed(id, sp, from, to)
@@ -672,6 +703,7 @@ function M.start(opts)
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
     held = {}, joined = false, started_at = loop.now(), adverts = {}, adverts_scheduled = false,
+    epoch = 0, placed = {}, sweep_list = nil, sweep_at = 1,
   }
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end
@@ -700,12 +732,13 @@ function M.start(opts)
   c[#c + 1] = S.pg:monitor(M.DESIRED, nil, on_desired)
   c[#c + 1] = S.pg:monitor(M.SOURCES, nil, on_source)
   c[#c + 1] = S.pg:monitor(M.RUNNING, nil, on_running)
-  c[#c + 1] = S.cluster:on("up", function(node) S.up_set[node.name] = true all_dirty() end)
-  c[#c + 1] = S.cluster:on("down", function(node) S.up_set[node.name] = nil all_dirty() end)
-  c[#c + 1] = S.cluster:on("meta", function() all_dirty() end)
+  local function changed() S.epoch = S.epoch + 1 all_dirty() end
+  c[#c + 1] = S.cluster:on("up", function(node) S.up_set[node.name] = true changed() end)
+  c[#c + 1] = S.cluster:on("down", function(node) S.up_set[node.name] = nil changed() end)
+  c[#c + 1] = S.cluster:on("meta", changed)
   S.cluster:handle(M.KIND, on_message)
   M.set_policy(opts.policy)
-  S.ticker = loop.timer(M.ANTI_ENTROPY, M.ANTI_ENTROPY, function() all_dirty() end)
+  S.ticker = loop.timer(M.SWEEP_TICK, M.SWEEP_TICK, sweep)
   -- Our own spec files wait until the peers' state has arrived, so an
   -- unchanged file does not re-request what the cluster already has.
   local started = now()
@@ -760,6 +793,7 @@ function M.set_policy(path)
     L.info("placement policy %s loaded (digest %s)", path, p.digest)
   end
   S.policy_errors = {}
+  S.epoch = S.epoch + 1
   local meta = S.cluster:self().meta or {}
   local d = S.policy and S.policy.digest or "default"
   if meta.policy ~= d then

@@ -146,6 +146,7 @@ test_a_joining_node_takes_exactly_its_share_without_a_gap() {
   dnode a 1 -- "children = \"$T/children\""; dnode b 2 1
   wait_up 10 2 a b
   wait_for 10 "24 children ready" settled a 24
+  wait_for 5 "every child's process is exec'd" once $(ids fam 24)
   # how many of the children have a process, sampled every 10 ms
   ( while :; do pgrep -a -f "^$TAG-fam-" | awk '{print $2}' | sort -u | wc -l; sleep 0.01; done ) >"$T/present" &
   local sampler=$!
