@@ -652,8 +652,12 @@ local function on_desired(ev)
   if ev.node == S.self or ev.op ~= "join" then return end
   if valid_entry(ev.value) then
     if ev.value.c > S.clock then S.clock = ev.value.c end
-    S.stale[ev.group] = true
-    dirty(ev.group)
+    -- Every node re-advertises what it adopts: most joins carry the
+    -- version this node already holds.
+    if newer(ev.value, S.own[ev.group]) then
+      S.stale[ev.group] = true
+      dirty(ev.group)
+    end
   else
     L.warn("ignoring a malformed desired entry for '%s' from %s", ev.group, ev.node)
   end
