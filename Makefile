@@ -13,10 +13,10 @@ CC      ?= cc
 # Debian packages the project needs to build, test and run.
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libev-dev \
             lua-lpeg lua-busted lua-cjson libsodium-dev libmsgpack-dev \
-            libedit-dev iproute2 procps psmisc socat nftables \
+            libedit-dev iproute2 procps psmisc socat nftables tmux \
             clang libclang-rt-14-dev lua-check
 
-PC_PKGS  := lua5.4 msgpack libsodium
+PC_PKGS  := lua5.4 msgpack libsodium libedit
 PC_CFLAGS = $(shell pkg-config --cflags $(PC_PKGS))
 PC_LIBS   = $(shell pkg-config --libs $(PC_PKGS))
 

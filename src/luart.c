@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,7 +28,17 @@ static struct {
     double deadline;   /* monotonic seconds; 0 when no budget is active */
     double length;     /* the budget being enforced, for the message */
     int expired;
+    int interruptible; /* a REPL evaluation: SIGUSR2 interrupts it */
 } budget;
+
+/* Set by SIGUSR2 (a REPL client's Ctrl-C), read by the budget hook. */
+static volatile sig_atomic_t interrupt_pending;
+
+static void on_sigusr2(int sig)
+{
+    (void)sig;
+    interrupt_pending = 1;
+}
 
 static double now_coarse(void)
 {
@@ -41,6 +52,13 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     (void)ar;
     if (budget.deadline == 0)
         return;
+    if (budget.interruptible && interrupt_pending) {
+        interrupt_pending = 0;
+        luaL_where(L, 0);
+        lua_pushliteral(L, "interrupted (Ctrl-C)");
+        lua_concat(L, 2);
+        lua_error(L);
+    }
     if (!budget.expired && now_coarse() < budget.deadline)
         return;
     if (!budget.expired) {
@@ -119,6 +137,33 @@ static int l_call(lua_State *L)
     return lua_gettop(L);
 }
 
+/* runtime.call_interruptible(budget_seconds, fn, ...): runtime.call whose
+ * code a SIGUSR2 to the agent interrupts (a REPL's Ctrl-C), as it would
+ * run past its budget. A SIGUSR2 outside such a call is forgotten. */
+static int l_call_interruptible(lua_State *L)
+{
+    int saved = budget.interruptible;
+    interrupt_pending = 0;
+    budget.interruptible = 1;
+    int n = l_call(L);
+    budget.interruptible = saved;
+    interrupt_pending = 0;
+    return n;
+}
+
+/* runtime.catch_interrupts(): SIGUSR2 from now on marks a pending interrupt. */
+static int l_catch_interrupts(lua_State *L)
+{
+    (void)L;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigusr2;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR2, &sa, NULL);
+    return 0;
+}
+
 /* runtime.budget() -> seconds left in the enforced budget, or nil. */
 static int l_budget(lua_State *L)
 {
@@ -132,6 +177,8 @@ int luaopen_pogo_runtime(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"call", l_call},
+        {"call_interruptible", l_call_interruptible},
+        {"catch_interrupts", l_catch_interrupts},
         {"budget", l_budget},
         {NULL, NULL},
     };
@@ -210,6 +257,7 @@ lua_State *luart_new(const char *lua_dir)
         {"pogo.core.net", luaopen_pogo_net},
         {"pogo.core.fswatch", luaopen_pogo_fswatch},
         {"pogo.core.link", luaopen_pogo_link},
+        {"pogo.core.edit", luaopen_pogo_edit},
         {NULL, NULL},
     };
     lua_State *L = luaL_newstate();

@@ -593,5 +593,6 @@ struct link *link_next_up(struct link *l);
 /* lua_link.c exposes links to Lua as pogo.core.link; see its header
  * comment for the API. */
 int luaopen_pogo_link(lua_State *L);
+int luaopen_pogo_edit(lua_State *L);
 
 #endif

@@ -127,6 +127,7 @@ local function start_cluster(cfg)
     return false, err
   end
   cluster_on = true
+  require("pogo.rpc").start()
   local pg = require("pogo.pg").attach(cluster.default())
   dsup.start {
     cluster = cluster.default(), pg = pg, budget = cfg.budget, expect = cfg.expect,
@@ -276,6 +277,7 @@ function M.run(path)
   control.agent.config = cfg
   control.agent.pogo = require "pogo"
   control.agent.shutdown = M.shutdown
+  require("pogo.core.runtime").catch_interrupts()   -- a REPL's Ctrl-C
   apply_log(cfg)
 
   local ok, merr = sys.mkdir(util.dirname(cfg.control), tonumber("700", 8))

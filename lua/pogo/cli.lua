@@ -177,7 +177,7 @@ command("check", {
 })
 
 command("eval", {
-  usage = "pogo eval [-s SOCKET] [--json] [-t DURATION] CODE",
+  usage = "pogo eval [-s SOCKET] [--node NAME] [--json] [-t DURATION] CODE",
   summary = "run Lua code inside an agent and print the results",
   details = "CODE is an expression or statements; '-' reads it from standard input.\n"
     .. "Errors go to standard error and the exit status is 1.",
@@ -186,6 +186,7 @@ command("eval", {
     { "j", "json", help = "print the results as JSON" },
     { "t", "timeout", arg = "DURATION", help = "the code's time budget (default: eval_budget of the agent)" },
     { "v", "verbose", help = "print the traceback of an error" },
+    { "n", "node", arg = "NAME", help = "run it on node NAME, through this agent" },
   },
   run = function(opts, args)
     if #args == 0 then return nil, "missing CODE" end
@@ -197,7 +198,8 @@ command("eval", {
       budget, e = require("pogo.grammar").duration(opts.timeout)
       if not budget then return nil, "--timeout " .. e end
     end
-    local resp, rerr = M.request(opts, { op = "eval", code = code, json = opts.json or nil, budget = budget })
+    local resp, rerr = M.request(opts, { op = "eval", code = code, json = opts.json or nil, budget = budget,
+      node = opts.node })
     if not resp then err("pogo eval: ", rerr, "\n"); return 1 end
     if resp.printed then out(resp.printed) end
     if not resp.ok then
@@ -206,6 +208,22 @@ command("eval", {
     end
     if resp.out then out(resp.out, "\n") end
     return 0
+  end,
+})
+
+command("repl", {
+  usage = "pogo repl [-s SOCKET] [--node NAME]",
+  summary = "an interactive Lua session inside an agent (or, with --node, another node)",
+  details = "Line editing, history (~/.pogo_history, or $POGO_HISTORY), Ctrl-R search and Tab\n"
+    .. "completion. Multi-line chunks continue until complete; :help lists the commands.\n"
+    .. "Ctrl-C interrupts an evaluation (not one running on another node, which its\n"
+    .. "budget bounds), Ctrl-D leaves.",
+  options = { SOCKET_OPT, { "n", "node", arg = "NAME", help = "evaluate on node NAME, through this agent" } },
+  run = function(opts, args)
+    if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
+    local path, perr = M.socket_path(opts)
+    if not path then err("pogo repl: ", perr, "\n") return 1 end
+    return require("pogo.repl").run(path, opts.node)
   end,
 })
 
@@ -453,30 +471,36 @@ command("members", {
     if #args > 0 then return nil, ("unexpected argument '%s'"):format(args[1]) end
     return simple({ op = "members" }, opts, function(resp)
       if opts.json then out(assert(to_json(resp.nodes)), "\n") return end
-      local rows = { { "NAME", "ADDRESS", "STATE", "INCARNATION", "RTT", "TAGS", "POLICY" } }
-      local policies, first, differ = {}, nil, false
-      for _, n in ipairs(resp.nodes) do
-        local meta = n.meta or {}
-        local policy = meta.policy or "-"
-        if n.state == "up" then
-          if first == nil then first = policy elseif policy ~= first then differ = true end
-          policies[#policies + 1] = n.name .. "=" .. policy
-        end
-        rows[#rows + 1] = {
-          n.name .. (n.self and " *" or ""), n.addr or n.advertise or "-",
-          (n.state or "-") .. (meta.draining and " (draining)" or ""),
-          n.incarnation and ("%x"):format(n.incarnation) or "-",
-          n.rtt and ("%.2fms"):format(n.rtt * 1000) or "-",
-          table.concat(meta.tags or n.tags or {}, ","), policy,
-        }
-      end
-      out(columns(rows))
-      if differ then
-        out("warning: the nodes disagree on the placement policy (", table.concat(policies, " "), ")\n")
-      end
+      out(M.members_text(resp.nodes))
     end)
   end,
 })
+
+--- The `pogo members` table (and a warning when the policies differ).
+function M.members_text(nodes)
+  local rows = { { "NAME", "ADDRESS", "STATE", "INCARNATION", "RTT", "TAGS", "POLICY" } }
+  local policies, first, differ = {}, nil, false
+  for _, n in ipairs(nodes) do
+    local meta = n.meta or {}
+    local policy = meta.policy or "-"
+    if n.state == "up" then
+      if first == nil then first = policy elseif policy ~= first then differ = true end
+      policies[#policies + 1] = n.name .. "=" .. policy
+    end
+    rows[#rows + 1] = {
+      n.name .. (n.self and " *" or ""), n.addr or n.advertise or "-",
+      (n.state or "-") .. (meta.draining and " (draining)" or ""),
+      n.incarnation and ("%x"):format(n.incarnation) or "-",
+      n.rtt and ("%.2fms"):format(n.rtt * 1000) or "-",
+      table.concat(meta.tags or n.tags or {}, ","), policy,
+    }
+  end
+  local text = columns(rows)
+  if differ then
+    text = text .. "warning: the nodes disagree on the placement policy (" .. table.concat(policies, " ") .. ")\n"
+  end
+  return text
+end
 
 command("groups", {
   usage = "pogo groups [-s SOCKET] [--json] [SCOPE]",

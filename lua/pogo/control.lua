@@ -16,11 +16,24 @@ local sessions = {}     -- conn.id -> environment
 -- Set by the agent: the current node config and the `pogo` API table.
 M.agent = { config = {}, pogo = {} }
 
+-- A session's globals live in env; reads fall through to the shell (the
+-- pogo API, help) and then to the agent's standard library.
+local function new_env()
+  local env
+  local shell = setmetatable({
+    pogo = M.agent.pogo,
+    -- help(name) prints through the session's print (captured for the client).
+    help = function(what) (rawget(env, "print") or print)(require("pogo.help").help(what)) end,
+  }, { __index = _G })
+  env = setmetatable({}, { __index = shell })
+  return env
+end
+M.new_env = new_env
+
 local function session(conn)
   local env = sessions[conn.id]
   if not env then
-    local shell = setmetatable({ pogo = M.agent.pogo }, { __index = _G })
-    env = setmetatable({}, { __index = shell })
+    env = new_env()
     sessions[conn.id] = env
   end
   return env
@@ -46,12 +59,8 @@ local function encode_json(values, n)
   return out
 end
 
--- eval{code=, json=, budget=} -> {ok, out, printed} | {ok=false, error, traceback}
-function M.ops.eval(conn, req)
-  if type(req.code) ~= "string" then
-    return { ok = false, error = "eval: 'code' must be a string" }
-  end
-  local env = session(conn)
+--- Evaluates code in env like `pogo eval` (see ops.eval); the response.
+function M.evaluate(env, req)
   local printed = {}
   rawset(env, "print", function(...)
     local parts = table.pack(...)
@@ -59,9 +68,14 @@ function M.ops.eval(conn, req)
     printed[#printed + 1] = table.concat(parts, "\t", 1, parts.n)
   end)
   local fn, err = M.compile(req.code, env)
-  if not fn then return { ok = false, error = err } end
+  if not fn then
+    rawset(env, "print", nil)
+    -- A chunk that stops at <eof> may go on: the REPL asks for more.
+    return { ok = false, error = err, incomplete = req.repl and err:match("<eof>$") ~= nil or nil }
+  end
   local budget = tonumber(req.budget) or M.agent.config.eval_budget or 5
-  local res = table.pack(runtime.call(budget, fn))
+  local call = req.repl and runtime.call_interruptible or runtime.call
+  local res = table.pack(call(budget, fn))
   rawset(env, "print", nil)
   local out_printed = #printed > 0 and table.concat(printed, "\n") .. "\n" or nil
   if not res[1] then
@@ -80,9 +94,68 @@ function M.ops.eval(conn, req)
     out, err = encode_json(values, n)
     if not out then return { ok = false, error = err, printed = out_printed } end
   elseif n > 0 then
-    out = pretty.values(table.unpack(values, 1, n))
+    out = pretty.list(values, { color = req.color and true or false, width = tonumber(req.width) or 80 })
   end
   return { ok = true, n = n, out = out, printed = out_printed }
+end
+
+-- eval{code=, json=, budget=, repl=, color=, node=} -> {ok, out, printed} |
+-- {ok=false, error, traceback, incomplete}. With node (another node of the
+-- cluster) the code runs there, in a session of this connection on that
+-- node (pogo.rpc).
+function M.ops.eval(conn, req)
+  if type(req.code) ~= "string" then
+    return { ok = false, error = "eval: 'code' must be a string" }
+  end
+  if req.node and req.node ~= M.agent.config.name then
+    require("pogo.rpc").eval(req.node, conn.id, req, function(resp) conn:send(resp) end)
+    return nil
+  end
+  return M.evaluate(session(conn), req)
+end
+
+-- complete{word=, node=}: the names that complete word (a dotted or
+-- colon path like "pogo.sup.st") in this connection's session.
+function M.ops.complete(conn, req)
+  if type(req.word) ~= "string" then return { ok = false, error = "'word' must be a string" } end
+  if req.node and req.node ~= M.agent.config.name then
+    require("pogo.rpc").complete(req.node, conn.id, req.word, function(resp) conn:send(resp) end)
+    return nil
+  end
+  return { ok = true, candidates = M.complete(session(conn), req.word) }
+end
+
+--- Candidates for word in env: globals, or fields of the table a path
+--- names (tables are walked, never called; metatables' __index tables too).
+function M.complete(env, word)
+  local path, sep, last = word:match("^(.*)([%.:])([%w_]*)$")
+  local t
+  if path then
+    t = env
+    for part in path:gmatch("[^%.:]+") do
+      if type(t) ~= "table" then t = nil break end
+      t = t[part]
+    end
+  else
+    t, last, path, sep = env, word, "", ""
+  end
+  local out, seen = {}, {}
+  local depth = 0
+  while type(t) == "table" and depth < 4 do
+    for k, v in next, t do
+      if type(k) == "string" and k:sub(1, #last) == last and k:match("^[%a_][%w_]*$") and not seen[k] then
+        if sep ~= ":" or type(v) == "function" then
+          seen[k] = true
+          out[#out + 1] = path .. sep .. k .. (type(v) == "function" and "(" or type(v) == "table" and "." or "")
+        end
+      end
+    end
+    local mt = getmetatable(t)
+    t = type(mt) == "table" and type(mt.__index) == "table" and mt.__index or nil
+    depth = depth + 1
+  end
+  table.sort(out)
+  return out
 end
 
 function M.ops.ping()
@@ -266,6 +339,7 @@ end
 --- The control server's close callback.
 function M.closed(conn)
   sessions[conn.id] = nil
+  if package.loaded["pogo.rpc"] then package.loaded["pogo.rpc"].closed(conn.id) end
   for _, cancel in ipairs(followers[conn.id] or {}) do cancel() end
   followers[conn.id] = nil
 end
