@@ -99,6 +99,18 @@ static char **attempt(const char *word, int start, int end)
 
 /* ---- the module ------------------------------------------------------------ */
 
+/* libedit sets up its state (history included) on the first readline();
+ * history loaded before that would be dropped, so set it up first. */
+static void init_once(void)
+{
+    static int done;
+    if (!done) {
+        done = 1;
+        rl_initialize();
+        using_history();
+    }
+}
+
 /* readline(prompt) -> line | nil, "eof" | nil, "interrupted" */
 static int l_readline(lua_State *L)
 {
@@ -125,6 +137,7 @@ static int l_readline(lua_State *L)
 
 static int l_add_history(lua_State *L)
 {
+    init_once();
     add_history(luaL_checkstring(L, 1));
     return 0;
 }
@@ -132,6 +145,7 @@ static int l_add_history(lua_State *L)
 /* load_history(path): a missing file is not an error. */
 static int l_load_history(lua_State *L)
 {
+    init_once();
     read_history(luaL_checkstring(L, 1));
     return 0;
 }

@@ -8,6 +8,7 @@
 POGO=${POGO:-$(realpath ./pogo)}
 declare -A AGENT_PID=()
 ALL_AGENT_PIDS=()      # every agent this test started, for the leak check
+CLEANUPS=()            # commands run first on exit (a test's own resources)
 
 fail() {
   echo "FAILED: $*" >&2
@@ -29,6 +30,8 @@ marked_processes() {
 }
 
 e2e_cleanup() {
+  local c
+  for c in "${CLEANUPS[@]}"; do eval "$c" 2>/dev/null; done
   for n in "${!AGENT_PID[@]}"; do
     kill -TERM "${AGENT_PID[$n]}" 2>/dev/null
   done
