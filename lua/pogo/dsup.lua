@@ -957,6 +957,22 @@ function M.explain(id)
   return out
 end
 
+--- What would move if the policy in file were loaded: { { id, from, to } }
+--- sorted by id (from: where the policy in force places it), or nil, err.
+function M.preview(path)
+  local new, err = placement.load(path, { budget = S.budget })
+  if not new then return nil, err end
+  local _, eligible = live_nodes()
+  local children = {}
+  for id, entry in pairs(S.own) do
+    if not entry.stop then
+      local sp = spec_of(id, entry)
+      if sp then children[#children + 1] = sp end
+    end
+  end
+  return placement.preview(S.policy or placement.DEFAULT, new, children, eligible)
+end
+
 --- Node name -> policy digest it advertises, and whether they all agree.
 function M.policies()
   local out, first, agree = {}, nil, true

@@ -53,9 +53,23 @@ function M.cluster.on(event, fn)
   return cluster.on(event, fn)
 end
 
+--- The links of this node: { { peer, addr, state, ... }, ... }.
+function M.cluster.links()
+  if not cluster_running() then return {} end
+  return require("pogo.core.link").links()
+end
+
 -- Placement helpers: pogo.placement.* (see pogo.placement) ---------------------------
 
-M.placement = setmetatable({}, {
+M.placement = setmetatable({
+  --- What would move, and where, if the policy in path were loaded (a dry
+  --- run before a live reload): { { id, from, to }, ... }.
+  preview = function(path)
+    local d = require "pogo.dsup"
+    if not d.running() then return nil, "preview needs the cluster (secret_file in the node config)" end
+    return d.preview(path)
+  end,
+}, {
   __index = function(_, name) return require("pogo.placement").readonly[name] end,
 })
 

@@ -229,6 +229,9 @@ return function(child, nodes)
   return pogo.placement.default(child, nodes)
 end
 EOF
+  # the dry run first: exactly the even children not on c would move, to c
+  local expected; expected=$(echo "$before" | awk '{ split($1, p, "-"); if (p[2] % 2 == 0 && $2 != "c") n++ } END { print n + 0 }')
+  expect_eq "$expected" "$(ev b "local m = assert(pogo.placement.preview('$T/.policy.tmp')) for _, x in ipairs(m) do assert(x.to == 'c', x.id) end return #m")" "moves in pogo.placement.preview"
   mv "$T/.policy.tmp" "$T/policy.lua"
   wait_for 10 "even children on c" bash -c "[ \"\$('$POGO' eval -s '$T/b.sock' \"local n = 0 for _, r in ipairs(pogo.sup.children{global=true}) do local k = tonumber(r.id:match('%d+$')) if k % 2 == 0 and r.node == 'c' and r.state == 'ready' then n = n + 1 end end return n\")\" = 6 ]"
   wait_for 5 "settled" settled a 12
