@@ -1,16 +1,22 @@
--- The demo's node config. Every key is optional; see README.md.
+-- Node 1 of the demo cluster (examples/run starts all three on loopback).
+-- POGO_DEMO_DIR holds the key, sockets and logs; POGO_DEMO_PORT moves the
+-- cluster ports (node N listens on POGO_DEMO_PORT + N). See README.md.
 local dir = os.getenv("POGO_DEMO_DIR") or "/tmp/pogo-demo"
+local port = tonumber(os.getenv("POGO_DEMO_PORT")) or 4370
 
 return {
   name = "node1",
-  listen = "127.0.0.1:4371",
-  tags = { "demo", "ssd" },
-  weight = 1,
-  run_dir = dir,                 -- control socket: <run_dir>/node1.sock
-  children = "children",         -- relative to this file
+  listen = "127.0.0.1:" .. (port + 1),
+  seeds = { "127.0.0.1:" .. (port + 1) },   -- node1; any reachable seed will do
+  secret_file = dir .. "/cluster.key",      -- examples/run writes it (pogo keygen)
+  tags = { "web", "ssd" },
+  expect = 3,                    -- cluster size, for the quorum child
+  children = "children",         -- only here: a spec file loaded on any node
+                                 -- is a start request for the whole cluster
+  placement = "placement.lua",   -- relative to this file; reloaded on save
   hooks = "hooks.lua",
-  log_dir = dir .. "/logs",      -- one log file per child, rotated
-  log = { level = "info" },      -- to stderr; add file = "..." for a file
-  budget = "250ms",              -- how long a hook or spec may run
-  eval_budget = "5s",            -- how long `pogo eval` code may run
+  control = dir .. "/node1.sock",
+  log_dir = dir .. "/logs/node1",   -- one file per child, rotated
+  log = { level = "info" },      -- to stderr: examples/run sends it to node1.log
+  drain_timeout = "10s",         -- SIGTERM: hand children over for at most 10 s
 }
