@@ -496,6 +496,8 @@ local function execute(a, specs)
   elseif a.op == "claim" then
     local mine = S.mine[id]
     if mine then mine.home = a.home advertise(id) end
+  elseif (a.op == "start" or a.op == "replace") and S.draining then
+    S.waiting[id] = { reason = "this node is draining: it starts nothing", since = now() }
   elseif a.op == "start" or a.op == "replace" then
     local sp, err = specs[id], nil
     if not sp then sp, err = spec_of(id, S.own[id]) end
@@ -1008,6 +1010,7 @@ end
 --- done(handed_over, left_here). With no other node up, nothing can move:
 --- done is called at once. timeout bounds the wait.
 function M.drain(timeout, done)
+  S.draining = true
   local meta = S.cluster:self().meta or {}
   meta.draining = true
   S.cluster:set_meta(meta)

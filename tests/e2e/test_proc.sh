@@ -438,12 +438,13 @@ test_path_search_takes_the_first_executable_match() {
 
 test_children_start_with_default_signal_dispositions() {
   # Ignored in the shell that starts the agent, so ignored in the agent;
-  # the agent itself catches TERM, INT, HUP and CHLD and ignores PIPE.
-  trap '' USR2 ALRM
+  # the agent itself catches TERM, INT, HUP, CHLD and USR2 (a REPL's
+  # interrupt) and ignores PIPE.
+  trap '' USR1 ALRM
   start_agent a
-  trap - USR2 ALRM
+  trap - USR1 ALRM
   local ign; ign=$(awk '/^SigIgn/ {print $2}' /proc/"${AGENT_PID[a]}"/status)
-  [ $(( 0x$ign & (1 << 11) )) -ne 0 ] || fail "USR2 not ignored in the agent: SigIgn $ign"
+  [ $(( 0x$ign & (1 << 9) )) -ne 0 ] || fail "USR1 not ignored in the agent: SigIgn $ign"
   px "P.s = proc.output{}
       proc.spawn{id = 'sig', argv = {'cat', '/proc/self/status'}, output = P.s, on_exit = function() P.done = true end}" >/dev/null
   wait_lua 3 "the exit" "P.done"
