@@ -584,7 +584,7 @@ pass = function()
   S.quorum = quorum
   local view = {
     self = S.self, nodes = all, desired = {}, running = {}, assigned = {}, quorum = quorum,
-    history = S.history, now = now(),
+    history = S.floors, now = now(),
   }
   local specs = {}
   for _, id in ipairs(ids) do
@@ -711,6 +711,12 @@ function M.start(opts)
     held = {}, joined = false, started_at = loop.now(), adverts = {}, adverts_scheduled = false,
     epoch = 0, placed = {}, sweep_list = nil, sweep_at = 1,
   }
+  -- Generations: one more than any seen for the child, and never below the
+  -- wall clock in milliseconds, so they keep growing across a restart of
+  -- the whole cluster, which forgets what it saw.
+  S.floors = setmetatable({}, { __index = function(_, id)
+    return math.max(S.history[id] or 0, math.floor(loop.now() * 1000))
+  end })
   S.fence_timer = function(left)
     if S.fence_at and S.fence_at <= now() + left then return end
     if S.fence_t then S.fence_t:close() end
