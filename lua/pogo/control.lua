@@ -18,10 +18,21 @@ M.agent = { config = {}, pogo = {} }
 
 -- A session's globals live in env; reads fall through to the shell (the
 -- pogo API, help) and then to the agent's standard library.
+-- What rpc(node, code) returns: evaluated where it is the value of a
+-- whole chunk (the REPL's `rpc("node2", "pogo.sup.children()")`).
+local RPC = { __name = "pogo.rpc.call" }
+RPC.__tostring = function(r) return ("<rpc to %s: only as a whole chunk at the prompt>"):format(r.node) end
+
 local function new_env()
   local env
   local shell = setmetatable({
     pogo = M.agent.pogo,
+    rpc = function(node, code)
+      if type(node) ~= "string" or type(code) ~= "string" then
+        error("rpc(node, code): node and code must be strings", 2)
+      end
+      return setmetatable({ node = node, code = code }, RPC)
+    end,
     -- help(name) prints through the session's print (captured for the client).
     help = function(what) (rawget(env, "print") or print)(require("pogo.help").help(what)) end,
   }, { __index = _G })
@@ -89,6 +100,9 @@ function M.evaluate(env, req)
   end
   local n = res.n - 1
   local values = table.pack(table.unpack(res, 2, res.n))
+  if n == 1 and getmetatable(values[1]) == RPC then
+    return { rpc = { node = values[1].node, code = values[1].code }, printed = out_printed }
+  end
   local out
   if req.json then
     out, err = encode_json(values, n)
@@ -111,7 +125,16 @@ function M.ops.eval(conn, req)
     require("pogo.rpc").eval(req.node, conn.id, req, function(resp) conn:send(resp) end)
     return nil
   end
-  return M.evaluate(session(conn), req)
+  local resp = M.evaluate(session(conn), req)
+  if resp.rpc then
+    -- rpc(node, code) as the whole chunk: evaluate code there instead.
+    local call = { code = resp.rpc.code, repl = req.repl, color = req.color, width = req.width,
+      json = req.json, budget = req.budget, node = resp.rpc.node }
+    if call.node == M.agent.config.name then return M.evaluate(session(conn), call) end
+    require("pogo.rpc").eval(call.node, conn.id, call, function(r) conn:send(r) end)
+    return nil
+  end
+  return resp
 end
 
 -- complete{word=, node=}: the names that complete word (a dotted or

@@ -35,8 +35,10 @@ M.TOPICS = {
   ["pogo.placement.default"] = { "pogo.placement.default(child, nodes)", "The default policy: the pinned node, else rendezvous among the nodes with every tag." },
   ["pogo.placement.rendezvous"] = { "pogo.placement.rendezvous(child, nodes)", "Weighted rendezvous hashing of child.id: name, reason." },
   ["pogo.placement.with_tags"] = { "pogo.placement.with_tags(nodes, tags)", "The nodes that carry every tag." },
-  ["pogo.rpc"] = { "pogo.rpc(node, code)",
-    "Only at the REPL prompt: `:rpc NODE CODE` runs CODE on NODE (or start the REPL with --node)." },
+  ["rpc"] = { 'rpc(node, code)',
+    "Evaluates code on node (through this agent's link) and shows its values, as a whole chunk\n"
+    .. 'at the prompt: rpc("node2", "pogo.sup.children()"). :rpc NODE CODE does the same; a REPL\n'
+    .. "started with --node NAME works on that node throughout." },
   ["pogo.config"] = { "pogo.config()", "The node config in force (a copy)." },
   ["pogo.errors"] = { "pogo.errors()", "{ [file] = message } for user files whose last load failed." },
   ["pogo.log.info"] = { "pogo.log.info(fmt, ...)", "A log line (debug, info, warn, error alike)." },

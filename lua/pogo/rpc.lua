@@ -42,6 +42,7 @@ local function serve(from, msg)
   if msg.op == "eval" and type(msg.code) == "string" then
     resp = control().evaluate(env, { code = msg.code, json = msg.json, color = msg.color, width = msg.width,
       repl = msg.repl })
+    if resp.rpc then resp = { ok = false, error = "rpc: an rpc() inside an rpc is not followed" } end
   elseif msg.op == "complete" and type(msg.word) == "string" then
     resp = { ok = true, candidates = control().complete(env, msg.word) }
   else

@@ -158,4 +158,8 @@ test_node_option_reaches_another_node_through_the_local_agent() {
   expect_eq '"b"' "$("$POGO" eval -s "$T/a.sock" --node b 'pogo.cluster.self().name')" "pogo eval --node"
   type_line r ':rpc a pogo.cluster.self().name'
   expect_screen r '^"a"$'
+  repl_open local -s "$T/a.sock"
+  type_line local 'rpc("b", "pogo.cluster.self().name, 1 + 1")'
+  expect_screen local '^2$'
+  screen local | grep -qx '"b"' || fail "rpc() did not run on b: $(screen local | grep -v '^$' | tail -5)"
 }
