@@ -7,6 +7,7 @@
  * __close stop it if the script forgot to.
  */
 #include <signal.h>
+#include <time.h>
 #include <string.h>
 
 #include "pogo.h"
@@ -197,6 +198,83 @@ static int l_break(lua_State *L)
 }
 
 /* now() -> the loop's cached time (seconds, wall clock based). */
+/* ---- the collector, paced by the loop ------------------------------------
+ *
+ * Lua's incremental collector runs in steps paid for by allocation, and a
+ * step can finish a whole cycle: on a heap of some 40 MB of small tables
+ * (a pg snapshot of 100,000 members) that is 20-40 ms in one go, inside
+ * whatever happened to allocate. Paced, the automatic collector is off and
+ * every loop iteration, before it waits for events, spends at most
+ * pace.step_ms on collection steps, eight times that while the heap is
+ * past twice its size after the last cycle (plus pace.slack_kb). A heap
+ * past four times that turns the automatic collector back on until a
+ * cycle completes, so memory stays bounded however fast the loop
+ * allocates. */
+static struct {
+    ev_prepare w;
+    lua_State *L;
+    double step_ms;
+    int base_kb;      /* heap after the last completed cycle */
+    int slack_kb;
+    int automatic;    /* the safety valve is open */
+} pace;
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void cycle_done(lua_State *L)
+{
+    pace.base_kb = lua_gc(L, LUA_GCCOUNT);
+    if (pace.automatic) {
+        pace.automatic = 0;
+        lua_gc(L, LUA_GCSTOP);
+    }
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    lua_State *L = pace.L;
+    int kb = lua_gc(L, LUA_GCCOUNT);
+    double budget = pace.step_ms;
+    if (kb > 2 * pace.base_kb + pace.slack_kb)
+        budget *= 8;    /* behind: catch up, still in bounded slices */
+    if (!pace.automatic && kb > 4 * pace.base_kb + 4 * pace.slack_kb) {
+        pace.automatic = 1;
+        lua_gc(L, LUA_GCRESTART);
+    }
+    double until = mono_ms() + budget;
+    do {
+        if (lua_gc(L, LUA_GCSTEP, 0)) {
+            cycle_done(L);
+            break;
+        }
+    } while (mono_ms() < until);
+}
+
+/* pace_gc(step_ms[, slack_kb]): pace the collector by the loop (see above). */
+static int l_pace_gc(lua_State *L)
+{
+    pace.step_ms = luaL_checknumber(L, 1);
+    pace.slack_kb = (int)luaL_optinteger(L, 2, 32 * 1024);
+    pace.L = L;
+    pace.base_kb = lua_gc(L, LUA_GCCOUNT);
+    pace.automatic = 0;
+    lua_gc(L, LUA_GCSTOP);
+    if (!ev_is_active(&pace.w)) {
+        ev_prepare_init(&pace.w, on_prepare);
+        ev_prepare_start(luart_loop(L), &pace.w);
+        ev_unref(luart_loop(L));    /* pacing alone does not keep the loop running */
+    }
+    return 0;
+}
+
 static int l_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(luart_loop(L)));
@@ -234,6 +312,7 @@ int luaopen_pogo_loop(lua_State *L)
         {"run", l_run},
         {"stop", l_break},
         {"now", l_now},
+        {"pace_gc", l_pace_gc},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

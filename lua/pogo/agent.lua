@@ -27,6 +27,7 @@ local M = {
 
 M.DEBOUNCE = 0.05
 M.SHUTDOWN_GRACE = 2   -- seconds past the longest shutdown timeout
+M.GC_STEP_MS = 0.5     -- garbage collection per loop iteration (pogo.core.loop.pace_gc)
 
 local server
 local signals = {}
@@ -313,6 +314,7 @@ function M.run(path)
   L.info("started (pid %d, pogo %s), control socket %s", sys.pid(),
     require("pogo.core.runtime").version, cfg.control)
   open_children(cfg)
+  loop.pace_gc(M.GC_STEP_MS)
   loop.run()
   for _, s in ipairs(signals) do s:close() end
   signals = {}
