@@ -258,9 +258,18 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     } while (mono_ms() < until);
 }
 
-/* pace_gc(step_ms[, slack_kb]): pace the collector by the loop (see above). */
+/* pace_gc(step_ms[, slack_kb]): pace the collector by the loop (see
+ * above); pace_gc(false) gives it back to Lua's automatic stepping. */
 static int l_pace_gc(lua_State *L)
 {
+    if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) {
+        if (ev_is_active(&pace.w)) {
+            ev_ref(luart_loop(L));
+            ev_prepare_stop(luart_loop(L), &pace.w);
+        }
+        lua_gc(L, LUA_GCRESTART);
+        return 0;
+    }
     pace.step_ms = luaL_checknumber(L, 1);
     pace.slack_kb = (int)luaL_optinteger(L, 2, 32 * 1024);
     pace.L = L;
