@@ -41,7 +41,7 @@ AOBJS      := $(SRCS:src/%.c=build/asan/obj/%.o)
 ACORE_OBJS := $(CORE:src/%.c=build/asan/obj/%.o)
 AUNIT_OBJS := $(UNIT:tests/unit/%.c=build/asan/obj/unit/%.o)
 
-.PHONY: all deps asan unit test check run bench clean install fuzz
+.PHONY: all deps asan unit test check run bench clean install fuzz chaos
 
 all: pogo
 
@@ -101,6 +101,18 @@ fuzz-build: $(FUZZ_TARGETS)
 fuzz: deps
 	@$(MAKE) --no-print-directory fuzz-build
 	@tests/fuzz/run $(FUZZ_TIME)
+
+# make chaos: CHAOS_SEEDS seeded runs of CHAOS_TIME seconds of faults each
+# (tests/chaos/run: partitions, kills, freezes, killed children, then the
+# checks); the failing seeds are printed and reproducible.
+CHAOS_SEEDS ?= 1 2 3 4 5 6 7 8
+CHAOS_TIME ?= 30
+chaos: deps
+	@$(MAKE) --no-print-directory pogo
+	@fail=; out=$$(mktemp); for s in $(CHAOS_SEEDS); do \
+	    tests/chaos/run $$s $(CHAOS_TIME) >$$out 2>&1; rc=$$?; grep '^chaos:' $$out; \
+	    [ $$rc -eq 0 ] || fail="$$fail $$s"; done; rm -f $$out; \
+	  if [ -n "$$fail" ]; then echo "chaos: failing seeds:$$fail"; exit 1; fi; echo "chaos: every seed passed"
 
 # Installs only what is missing; silent when everything is there.
 deps:

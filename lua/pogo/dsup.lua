@@ -430,6 +430,17 @@ local function assign(id, sp, insts, eligible)
       end
       S.lost[id] = nil
     end
+    -- Started only from a view that has held still for the fence: right
+    -- after links come and go (a non-transitive cut still converging), two
+    -- overlapping sides can each hear a majority, and this node cannot see
+    -- an instance on a node it has no link to.
+    local settled = now() - S.view_since
+    if #insts == 0 and settled < M.fence() then
+      local left = M.fence() - settled
+      S.fence_timer(left)
+      return { reason = ("quorum fence: the set of nodes changed %.1fs ago, waiting %.1fs more"):format(
+        settled, left) }
+    end
   end
   -- Keep a child off the nodes where it failed, while others remain.
   local nodes = eligible
@@ -581,6 +592,8 @@ pass = function()
 
   local all, eligible = live_nodes()
   local quorum = has_quorum()
+  local key = table.concat(placement.names(all), ",")
+  if key ~= S.view_key or (quorum and not S.quorum) then S.view_key, S.view_since = key, now() end
   S.quorum = quorum
   local view = {
     self = S.self, nodes = all, desired = {}, running = {}, assigned = {}, quorum = quorum,
@@ -709,7 +722,7 @@ function M.start(opts)
     policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
     held = {}, joined = false, started_at = loop.now(), adverts = {}, adverts_scheduled = false,
-    epoch = 0, placed = {}, sweep_list = nil, sweep_at = 1,
+    epoch = 0, placed = {}, sweep_list = nil, sweep_at = 1, view_key = nil, view_since = loop.now(),
   }
   -- Generations: one more than any seen for the child, and never below the
   -- wall clock in milliseconds, so they keep growing across a restart of

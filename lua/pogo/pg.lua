@@ -548,6 +548,7 @@ end
 -- A snapshot from `peer` is in progress from its first message to the end of
 -- the sweep that removes what it did not confirm.
 local function begin_sync(self, peer, id)
+  peer.awaiting = nil
   self.mark_seq = self.mark_seq + 1
   peer.sync = { id = id, mark = self.mark_seq, cursor = nil, stop = nil, received = 0 }
   return peer.sync
@@ -668,6 +669,7 @@ local function on_up(self, node)
   peer.incarnation = node.incarnation
   peer.up = true
   peer.sync = nil       -- a new link: whatever arrives next is a new snapshot
+  peer.awaiting = true  -- until its first snapshot message: see syncing()
   start_stream(self, peer)
 end
 
@@ -886,11 +888,11 @@ function Pg:monitor(scope, group, fn)
   end
 end
 
---- Whether a snapshot from some peer is still arriving (what we know of
---- that peer is incomplete).
+--- Whether what we know of some peer is incomplete: a link came up and its
+--- snapshot has not begun, or is still arriving (or being swept).
 function Pg:syncing()
   for _, p in next, self.peers do
-    if p.sync ~= nil then return true end
+    if p.up and (p.awaiting or p.sync ~= nil) then return true end
   end
   return false
 end
