@@ -337,13 +337,22 @@ watch_copies() { # watch_copies FILE - in the background; sets WATCHER
   WATCHER=$!
 }
 
-test_partition_quorum_mode_never_runs_two_copies() {
+# quorum_cluster - a, b, c in a namespace (expect = 3) running the quorum
+# child q.
+quorum_cluster() {
   netns_start
   echo "return $(sleeper q 'partition = "quorum"')" >"$T/q.lua"
   local f='expect = 3'
   nsd a 1 -- "$f"; nsd b 2 1 -- "$f"; nsd c 3 1 -- "$f"
   wait_up 10 3 a b c
   "$POGO" start -s "$T/a.sock" --wait --file "$T/q.lua" >/dev/null || fail "start q"
+}
+
+# most_copies - the most copies of q in any sample of watch_copies.
+most_copies() { awk '{ if ($2 > m) m = $2 } END { print m + 0 }' "$T/copies"; }
+
+test_partition_quorum_mode_never_runs_two_copies() {
+  quorum_cluster
   local holder; holder=$(node_of a q)
   local hi; hi=$(( $(printf '%d' "'$holder") - 96 ))   # a=1 b=2 c=3
   watch_copies "$T/copies"
@@ -357,17 +366,11 @@ test_partition_quorum_mode_never_runs_two_copies() {
   # first and waits out the fence: q may be down for a few seconds
   wait_for 15 "q running once after the heal" once q
   kill "$WATCHER"; wait "$WATCHER" 2>/dev/null
-  local max; max=$(awk '{ if ($2 > m) m = $2 } END { print m + 0 }' "$T/copies")
-  expect_eq 1 "$max" "most copies of q at any sampled instant"
+  expect_eq 1 "$(most_copies)" "most copies of q at any sampled instant"
 }
 
 test_quorum_child_of_a_frozen_agent_is_killed_by_the_lease() {
-  netns_start
-  echo "return $(sleeper q 'partition = "quorum"')" >"$T/q.lua"
-  local f='expect = 3'
-  nsd a 1 -- "$f"; nsd b 2 1 -- "$f"; nsd c 3 1 -- "$f"
-  wait_up 10 3 a b c
-  "$POGO" start -s "$T/a.sock" --wait --file "$T/q.lua" >/dev/null || fail "start q"
+  quorum_cluster
   local holder pid; holder=$(node_of a q); pid=$(pid_of q)
   watch_copies "$T/copies"
   local t0; t0=$(date +%s%N)
@@ -380,5 +383,5 @@ test_quorum_child_of_a_frozen_agent_is_killed_by_the_lease() {
   wait_up 15 3 a b c
   wait_for 15 "q running once after the resume" once q
   kill "$WATCHER"; wait "$WATCHER" 2>/dev/null
-  expect_eq 1 "$(awk '{ if ($2 > m) m = $2 } END { print m + 0 }' "$T/copies")" "most copies of q at any sampled instant"
+  expect_eq 1 "$(most_copies)" "most copies of q at any sampled instant"
 }
