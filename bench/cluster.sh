@@ -40,23 +40,9 @@ mkdir -p "$T/run" "$T/logs" "$T/samples"
 . bench/cluster/lib.sh
 trap teardown EXIT
 trap 'exit 130' INT TERM
-# Run a copy of the binary and its Lua library (found next to it), so that
-# a rebuild or an edit in the tree while the bench runs changes nothing.
-mkdir -p "$T/bin"
-for _ in 1 2 3 4 5; do
-  if cp "$POGO" "$T/bin/pogo" 2>/dev/null && rm -rf "$T/bin/lua" && cp -r lua "$T/bin/lua" 2>/dev/null &&
-      "$T/bin/pogo" version >/dev/null 2>&1; then
-    POGO=$T/bin/pogo
-    break
-  fi
-  sleep 1
-done
-[ "$POGO" = "$T/bin/pogo" ] || echo "# could not copy pogo and lua/: running $POGO from the tree" >&2
+copy_pogo
 "$POGO" keygen "$T/cluster.key" >/dev/null || exit 1
 
-want() { [[ ",$ONLY," == *",$1,"* ]]; }
-note() { echo "# $*" >&2; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
 NOTES=()
 
 note "$("$POGO" version 2>/dev/null), $(nproc) cores, load average at start $(load)"
@@ -352,19 +338,6 @@ if want mesh; then
 fi
 
 # ---- the table -----------------------------------------------------------------------------------
-
-metric() {   # metric LABEL SAMPLES SCALE DECIMALS UNIT GOAL_TEXT GOAL_FIELD OP LIMIT
-  local label=$1 s=$2 scale=$3 dec=$4 unit=$5 goal=$6 field=$7 op=$8 limit=$9
-  local med p99 n res=""
-  read -r med p99 n < <(stat "$s" "$scale")
-  if [ -n "$field" ]; then
-    if [ "$n" -eq 0 ]; then res=MISSED
-    elif [ "$field" = median ]; then res=$(verdict "$med" "$op" "$limit")
-    else res=$(verdict "$p99" "$op" "$limit"); fi
-  fi
-  row "$label" "$(fmt "$med" "$dec" "$unit")" "$(fmt "$p99" "$dec" "$unit")" "$n" "$goal" "$res"
-}
-
 if want detect; then
   metric "detection: silent peer (SIGSTOP), 3 nodes" detect_stop 1000 0 " ms" "p99 <= 2000 ms" p99 "<=" 2000
   metric "detection: killed peer (kill -9), 3 nodes" detect_kill 1000 1 " ms" "p99 <= 100 ms" p99 "<=" 100

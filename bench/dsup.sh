@@ -58,22 +58,9 @@ cp "$(command -v sleep)" "$CHILD" || exit 1
 . bench/dsup/lib.sh
 trap dsup_teardown EXIT
 trap 'exit 130' INT TERM
-# A copy of the binary and its Lua library, so that edits in the tree while
-# the bench runs change nothing (as bench/cluster.sh does).
-for _ in 1 2 3 4 5; do
-  if cp "$POGO" "$T/bin/pogo" 2>/dev/null && rm -rf "$T/bin/lua" && cp -r lua "$T/bin/lua" 2>/dev/null &&
-      "$T/bin/pogo" version >/dev/null 2>&1; then
-    POGO=$T/bin/pogo
-    break
-  fi
-  sleep 1
-done
-[ "$POGO" = "$T/bin/pogo" ] || echo "# could not copy pogo and lua/: running $POGO from the tree" >&2
+copy_pogo
 "$POGO" keygen "$T/cluster.key" >/dev/null || exit 1
 
-want() { [[ ",$ONLY," == *",$1,"* ]]; }
-note() { echo "# $*" >&2; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
 note "$("$POGO" version 2>/dev/null), $(nproc) cores, load average at start $(load)"
 
 # ---- 1. one start until visible on every node ---------------------------------------------
@@ -303,19 +290,6 @@ if want view; then
 fi
 
 # ---- the table ------------------------------------------------------------------------------------------
-
-metric() {   # metric LABEL SAMPLES SCALE DECIMALS UNIT GOAL_TEXT GOAL_FIELD OP LIMIT
-  local label=$1 s=$2 scale=$3 dec=$4 unit=$5 goal=$6 field=$7 op=$8 limit=$9
-  local med p99 n res=""
-  read -r med p99 n < <(stat "$s" "$scale")
-  if [ -n "$field" ]; then
-    if [ "$n" -eq 0 ]; then res=MISSED
-    elif [ "$field" = median ]; then res=$(verdict "$med" "$op" "$limit")
-    else res=$(verdict "$p99" "$op" "$limit"); fi
-  fi
-  row "$label" "$(fmt "$med" "$dec" "$unit")" "$(fmt "$p99" "$dec" "$unit")" "$n" "$goal" "$res"
-}
-
 if want start; then
   metric "start -> ready on all 3 nodes (pogo start --file)" start_all 1000 1 " ms" "p50 <= 20 ms" median "<=" 20
   metric "  pogo start --wait answers" start_cli 1000 1 " ms" "-" "" "" ""

@@ -197,3 +197,40 @@ print_table() {
     printf '%-52s %12s %12s %5s  %-16s %s\n' "$m" "$med" "$p99" "$n" "$goal" "$res"
   done
 }
+
+# ---- shared by the bench scripts -------------------------------------------------
+
+want() { [[ ",$ONLY," == *",$1,"* ]]; }     # want SECTION - is it in ONLY?
+note() { echo "# $*" >&2; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# copy_pogo - run a copy of the binary and its Lua library (found next to
+# it) from $T/bin, so that a rebuild or an edit in the tree while the bench
+# runs changes nothing; sets POGO.
+copy_pogo() {
+  mkdir -p "$T/bin"
+  for _ in 1 2 3 4 5; do
+    if cp "$POGO" "$T/bin/pogo" 2>/dev/null && rm -rf "$T/bin/lua" && cp -r lua "$T/bin/lua" 2>/dev/null &&
+        "$T/bin/pogo" version >/dev/null 2>&1; then
+      POGO=$T/bin/pogo
+      return
+    fi
+    sleep 1
+  done
+  echo "# could not copy pogo and lua/: running $POGO from the tree" >&2
+}
+
+# metric LABEL SAMPLES SCALE DECIMALS UNIT GOAL_TEXT GOAL_FIELD OP LIMIT - a
+# row of the table: median and p99 of SAMPLES, checked against the goal on
+# GOAL_FIELD (median or p99) when one is given.
+metric() {
+  local label=$1 s=$2 scale=$3 dec=$4 unit=$5 goal=$6 field=$7 op=$8 limit=$9
+  local med p99 n res=""
+  read -r med p99 n < <(stat "$s" "$scale")
+  if [ -n "$field" ]; then
+    if [ "$n" -eq 0 ]; then res=MISSED
+    elif [ "$field" = median ]; then res=$(verdict "$med" "$op" "$limit")
+    else res=$(verdict "$p99" "$op" "$limit"); fi
+  fi
+  row "$label" "$(fmt "$med" "$dec" "$unit")" "$(fmt "$p99" "$dec" "$unit")" "$n" "$goal" "$res"
+}
