@@ -567,6 +567,43 @@ hold_starts = function()
   return why
 end
 
+-- Puts the request for id and where it should run into view (pass);
+-- returns its spec when it is to run.
+local function describe(view, id, eligible)
+  local entry, insts = S.own[id], view.running[id]
+  local sp, err
+  if not entry.stop then sp, err = spec_of(id, entry) end
+  view.desired[id] = {
+    spec = sp or { id = id }, version = { clock = entry.c, node = entry.n },
+    stopped = entry.stop, fp = entry.fp,
+  }
+  if entry.stop then
+    view.assigned[id] = { reason = "stopped" }
+    return nil
+  elseif not sp then
+    view.assigned[id] = { reason = "spec cannot load here: " .. tostring(err) }
+    return nil
+  end
+  local live = {}
+  for _, inst in ipairs(insts) do
+    if inst.node == S.self or S.up_set[inst.node] then live[#live + 1] = inst end
+  end
+  local a = assign(id, sp, live, eligible)
+  view.assigned[id] = a
+  local to = type(a) == "string" and a or nil
+  -- Where it was meant to be, or (first sight here) where it runs.
+  local from = S.assigned[id]
+  if from == nil then
+    for _, inst in ipairs(live) do
+      if inst.state == "ready" then from = inst.node break end
+    end
+  end
+  if from ~= nil and from ~= to then placement_changed(id, sp, from, to) end
+  S.assigned[id] = to
+  S.reasons[id] = type(a) == "table" and a.reason or nil
+  return sp
+end
+
 pass = function()
   S.scheduled = false
   if S.closed then return end
@@ -601,49 +638,17 @@ pass = function()
   }
   local specs = {}
   for _, id in ipairs(ids) do
-    local entry = S.own[id]
-    local insts = instances(id)
-    view.running[id] = insts
-    if entry then
-      local sp, err = nil, nil
-      if not entry.stop then sp, err = spec_of(id, entry) end
-      view.desired[id] = {
-        spec = sp or { id = id }, version = { clock = entry.c, node = entry.n },
-        stopped = entry.stop, fp = entry.fp,
-      }
-      if entry.stop then
-        view.assigned[id] = { reason = "stopped" }
-      elseif sp then
-        specs[id] = sp
-        local live = {}
-        for _, inst in ipairs(insts) do
-          if inst.node == S.self or S.up_set[inst.node] then live[#live + 1] = inst end
-        end
-        local a = assign(id, sp, live, eligible)
-        view.assigned[id] = a
-        local to = type(a) == "string" and a or nil
-        -- Where it was meant to be, or (first sight here) where it runs.
-        local from = S.assigned[id]
-        if from == nil then
-          for _, inst in ipairs(live) do
-            if inst.state == "ready" then from = inst.node break end
-          end
-        end
-        if from ~= nil and from ~= to then placement_changed(id, sp, from, to) end
-        S.assigned[id] = to
-        S.reasons[id] = type(a) == "table" and a.reason or nil
-      else
-        view.assigned[id] = { reason = "spec cannot load here: " .. tostring(err) }
-      end
-    end
+    view.running[id] = instances(id)
+    if S.own[id] then specs[id] = describe(view, id, eligible) end
   end
   local actions, waiting = reconcile.decide(view)
-  for _, id in ipairs(ids) do S.waiting[id] = nil end
+  -- What each id waits for; a reason that stays keeps its first `since`.
+  local before = {}
+  for _, id in ipairs(ids) do before[id], S.waiting[id] = S.waiting[id], nil end
   for _, w in ipairs(waiting) do
-    local old = S.waiting_since[w.id]
+    local old = before[w.id]
     S.waiting[w.id] = { reason = w.reason, since = old and old.reason == w.reason and old.since or w.since }
   end
-  for _, id in ipairs(ids) do S.waiting_since[id] = S.waiting[id] end
   local starts = 0
   local held_by = hold_starts()
   for _, a in ipairs(actions) do
@@ -658,7 +663,6 @@ pass = function()
       if not ok then L.error("%s of child '%s' failed: %s", a.op, a.id, err) end
     end
   end
-  S.passes = S.passes + 1
 end
 
 -- Events ------------------------------------------------------------------------------
@@ -718,8 +722,8 @@ function M.start(opts)
     expect = opts.expect, lease = opts.lease or 2,
     clock = 0, own = {}, sources = {}, refs = {}, awaiting = {}, mine = {}, advertised = {},
     markers = {}, history = {}, lost = {}, dirty = {}, all = false, scheduled = false,
-    assigned = {}, reasons = {}, waiting = {}, waiting_since = {}, up_set = {},
-    policy = nil, policy_good = nil, policy_errors = {}, passes = 0, cancels = {},
+    assigned = {}, reasons = {}, waiting = {}, up_set = {},
+    policy = nil, policy_good = nil, policy_errors = {}, cancels = {},
     files = nil, synced = false, closed = false, stale = {}, jobs = {}, jobs_scheduled = false,
     held = {}, joined = false, started_at = loop.now(), adverts = {}, adverts_scheduled = false,
     epoch = 0, placed = {}, sweep_list = nil, sweep_at = 1, view_key = nil, view_since = loop.now(),
@@ -803,7 +807,7 @@ end
 --- keeps the policy in force. Returns true | nil, err.
 function M.set_policy(path)
   if not path then
-    S.policy, S.policy_good, S.policy_path = nil, nil, nil
+    S.policy, S.policy_good = nil, nil
   else
     local p, err = placement.load(path, { budget = S.budget })
     if not p then
@@ -814,7 +818,7 @@ function M.set_policy(path)
     S.policy_err = nil
     if S.policy and S.policy.digest == p.digest then return true end
     S.policy_good = S.policy
-    S.policy, S.policy_path = p, path
+    S.policy = p
     L.info("placement policy %s loaded (digest %s)", path, p.digest)
   end
   S.policy_errors = {}
@@ -828,8 +832,6 @@ function M.set_policy(path)
   all_dirty()
   return true
 end
-
-function M.policy() return S and S.policy or placement.DEFAULT end
 
 --- true | false, the error of the last load of the policy file.
 function M.policy_error() return S.policy_err == nil, S.policy_err end
@@ -992,26 +994,6 @@ function M.preview(path)
     end
   end
   return placement.preview(S.policy or placement.DEFAULT, new, children, eligible)
-end
-
---- Node name -> policy digest it advertises, and whether they all agree.
-function M.policies()
-  local out, first, agree = {}, nil, true
-  for _, n in ipairs(S.cluster:nodes()) do
-    if n.state == "up" or n.self then
-      local d = n.meta and n.meta.policy or "?"
-      out[n.name] = d
-      if first == nil then first = d elseif d ~= first then agree = false end
-    end
-  end
-  return out, agree
-end
-
-function M.status()
-  local n = 0
-  for _ in pairs(S.own) do n = n + 1 end
-  return { desired = n, clock = S.clock, passes = S.passes, quorum = S.quorum, synced = S.synced,
-    policy = S.policy and S.policy.path or "default" }
 end
 
 -- Drain -------------------------------------------------------------------------------
