@@ -59,6 +59,12 @@ local function new_entry(spec)
   }
 end
 
+-- No process, none on its way: a spec can be swapped and a start fired.
+local function idle(e)
+  local st = e.rec.state
+  return st == "stopped" or st == "failed" or st == "backoff"
+end
+
 --- What Lua (hooks, REPL, ps) sees of a child.
 local function view(e)
   return {
@@ -446,7 +452,7 @@ function M.apply(desired)
       e.remove = false
       local fp = spec_mod.fingerprint(spec)
       if fp ~= e.fingerprint then
-        if e.rec.state == "stopped" or e.rec.state == "failed" or e.rec.state == "backoff" then
+        if idle(e) then
           fire(e, "stop")
           e.spec, e.fingerprint, e.rec = spec, fp, child.new(spec)
           if not e.held then fire(e, "start") end
@@ -505,8 +511,7 @@ function M.run(spec, generation)
   end
   e.distributed, e.floor, e.held, e.remove = true, generation, false, false
   local fp = spec_mod.fingerprint(spec)
-  local idle = e.rec.state == "stopped" or e.rec.state == "failed" or e.rec.state == "backoff"
-  if idle then
+  if idle(e) then
     if e.rec.state ~= "stopped" then fire(e, "stop") end
     if fp ~= e.fingerprint then e.spec, e.fingerprint, e.rec = spec, fp, child.new(spec) end
     fire(e, "start")
@@ -535,7 +540,7 @@ function M.start(id)
   local e, err = find(id)
   if not e then return nil, err end
   e.held = false
-  if e.rec.state == "stopped" or e.rec.state == "failed" or e.rec.state == "backoff" then
+  if idle(e) then
     if e.rec.state ~= "stopped" then fire(e, "stop") end
     fire(e, "start")
     return true
