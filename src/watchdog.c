@@ -724,19 +724,25 @@ static int bad_pgid(pid_t pgid)
     return 1;
 }
 
-void watchdog_track(pid_t pgid)
+/* Adds pgid to a set of the mirror and tells the watchdog with a record of
+ * that type; a watchdog that died gets the whole mirror from respawn(). */
+static void mirror_add(struct pidset *set, uint8_t type, pid_t pgid)
 {
     if (!mine() || (wd.wfd < 0 && !wd.lost) || bad_pgid(pgid))
         return;
-    int added = pidset_add(&wd.groups, pgid);
-    if (added == 0)
+    if (pidset_add(set, pgid) == 0)
         return;    /* already held; -1 (OOM) still tells the watchdog */
     if (wd.wfd < 0) {
         respawn();
         return;
     }
-    struct wd_record r = {.type = WD_TRACK, .pgid = pgid};
+    struct wd_record r = {.type = type, .pgid = pgid};
     send_record(&r);
+}
+
+void watchdog_track(pid_t pgid)
+{
+    mirror_add(&wd.groups, WD_TRACK, pgid);
 }
 
 void watchdog_untrack(pid_t pgid)
@@ -759,16 +765,7 @@ void watchdog_untrack(pid_t pgid)
 
 void watchdog_fence(pid_t pgid)
 {
-    if (!mine() || (wd.wfd < 0 && !wd.lost) || bad_pgid(pgid))
-        return;
-    if (pidset_add(&wd.fenced, pgid) == 0)
-        return;
-    if (wd.wfd < 0) {
-        respawn();
-        return;
-    }
-    struct wd_record r = {.type = WD_FENCE, .pgid = pgid};
-    send_record(&r);
+    mirror_add(&wd.fenced, WD_FENCE, pgid);
 }
 
 void watchdog_lease(double seconds)
