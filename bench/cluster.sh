@@ -184,7 +184,7 @@ if want snapshot; then
   start a
   if wait_for 10 answers a; then
     t0=$(mono)
-    ev a "for i = 1, $SNAP_MEMBERS do pogo.pg.join('snap', 'g' .. (i % 100), i, { pid = i }) end return true" -t 300s >/dev/null
+    ev a "for i = 1, $SNAP_MEMBERS do pogo.pg.join('snap', 'g' .. (i % 100), i, { pid = i }) end collectgarbage() return true" -t 300s >/dev/null
     awk -v t="$t0" -v now="$(mono)" -v n="$SNAP_MEMBERS" 'BEGIN { printf "%.6f\n", now - t }' | sample snap_fill
     note "  $SNAP_MEMBERS joins on a took $(awk -v t="$t0" -v now="$(mono)" 'BEGIN { printf "%.2f s", now - t }') (one eval), a's RSS $(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' /proc/${PID[a]}/status)"
     # a 1 ms timer: the longest gap between its firings is the longest the loop was blocked
@@ -194,6 +194,7 @@ if want snapshot; then
       if STALL.t then STALL.t:stop() end
       local last = sys.monotonic()
       STALL.max = 0
+      loop.busy()   -- from here on: the longest busy iteration, wall and CPU
       STALL.t = loop.timer(0.001, 0.001, function()
         local now = sys.monotonic()
         if now - last > STALL.max then STALL.max = now - last end
@@ -216,6 +217,12 @@ if want snapshot; then
         sleep 0.2
         ev a 'STALL.max' | sample snap_stall_a
         ev b 'STALL.max' | sample snap_stall_b
+        BUSY='local b = require("pogo.core.loop").busy() return ("%.6f %.6f"):format(b.max_cpu_ms / 1000, b.max_gc_step_ms / 1000)'
+        for n in a b; do
+          read -r cpu gc < <(ev "$n" "$BUSY" | tr -d '"')
+          echo "$cpu" | sample "snap_busy_$n"
+          echo "$gc" | sample "snap_gc_$n"
+        done
       else
         NOTES+=("snapshot run $r: b did not get $SNAP_MEMBERS members within 60 s (has $(ev b "pogo.pg.count('snap')"))")
       fi
@@ -352,6 +359,10 @@ if want snapshot; then
   metric "snapshot $SNAP_MEMBERS members: from link up" snap_up 1000 0 " ms" "-" "" "" ""
   metric "  longest loop stall, sender (1 ms timer)" snap_stall_a 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
   metric "  longest loop stall, receiver (1 ms timer)" snap_stall_b 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
+  metric "  longest busy iteration, sender (CPU time)" snap_busy_a 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
+  metric "  longest busy iteration, receiver (CPU time)" snap_busy_b 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
+  metric "  longest collector step, sender (CPU time)" snap_gc_a 1000 1 " ms" "-" "" "" ""
+  metric "  longest collector step, receiver (CPU time)" snap_gc_b 1000 1 " ms" "-" "" "" ""
 fi
 if want soak; then
   metric "false alarms: down events in ${SOAK}s, 3 nodes" soak_down 1 0 "" "0" p99 "<=" 0

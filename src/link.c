@@ -76,16 +76,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pogo.h"
 
 
-/* Bytes read per link per wakeup. Every frame read is handled before the
- * loop moves on, so this bounds the stall: 64 KiB is ~3 snapshot chunks
- * of 1000 members (~2.5 ms of Lua); the rest waits in the kernel for the
+/* Bytes read per link per wakeup; the rest waits in the kernel for the
  * next iteration, after timers and other links have had their turn. */
 #define LINK_READ_BUDGET (64u << 10)
+/* Frames are handed to the owner for at most this long per loop iteration,
+ * over all links; the rest wait in their buffers for the next one. 64 KiB
+ * of small pg members is some 3,000 joins, 10 ms of Lua: a snapshot
+ * streaming in must not hold timers and heartbeats for that long. */
+#define LINK_DELIVER_MS 1.0
 #define LINK_MAX_QUEUE (64u << 20)      /* output past this: peer too slow */
 #define LINK_ACCEPT_BURST 64            /* accepts per wakeup */
 #define LINK_MAX_PENDING 512            /* incoming links in handshake */
@@ -111,6 +115,7 @@ struct ring {
 struct link {
     ev_io rio, wio;
     ev_timer timer;             /* connect, then handshake deadline */
+    ev_timer resume;            /* frames left in `in` by the delivery budget */
     struct link_ctx *ctx;       /* not touched once closed and not noted */
     struct link *prev, *next;   /* ctx->links while not closed */
     struct link *note_next;     /* ctx->notes while closed() is due */
@@ -168,6 +173,8 @@ struct link_ctx {
     struct link_handlers h;
     void *ud;
     ev_prepare prepare;         /* flush output, deliver closed() */
+    unsigned int budget_iteration;   /* the loop iteration deliver_until is for */
+    double deliver_until;       /* CLOCK_MONOTONIC ms: the budget runs out */
     int ready;                  /* set up and not shut down */
     struct hs_identity self;
     double hs_timeout, dial_timeout;
@@ -189,6 +196,7 @@ struct link_ctx {
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents);
 static void on_writable(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+static void on_resume(struct ev_loop *loop, ev_timer *w, int revents);
 static void deliver_notes(struct link_ctx *c);
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -414,6 +422,7 @@ static struct link *link_new(struct link_ctx *c, int fd, int initiator)
     ev_io_init(&l->rio, on_readable, fd, EV_READ);
     ev_io_init(&l->wio, on_writable, fd, EV_WRITE);
     ev_init(&l->timer, on_timer);
+    ev_timer_init(&l->resume, on_resume, 0, 0);
     l->prev = c->tail;
     if (c->tail) c->tail->next = l; else c->head = l;
     c->tail = l;
@@ -436,6 +445,7 @@ static void link_shut(struct link *l, int linger)
     ev_io_stop(c->loop, &l->rio);
     ev_io_stop(c->loop, &l->wio);
     ev_timer_stop(c->loop, &l->timer);
+    ev_timer_stop(c->loop, &l->resume);
     if (linger && buf_avail(&l->out) > 0)
         linger_start(c, l->fd, &l->out);
     else
@@ -819,7 +829,27 @@ static void on_sealed_frame(struct link *l, const char *body, size_t len)
 }
 
 /* Handles the whole frames in l->in while l stays open. */
-static void process(struct link *l)
+/* Whether this loop iteration has used up its LINK_DELIVER_MS; the first
+ * call in an iteration starts the clock. */
+static int delivery_spent(struct link_ctx *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    unsigned int it = ev_iteration(c->loop);
+
+    if (it != c->budget_iteration || c->deliver_until == 0) {
+        c->budget_iteration = it;
+        c->deliver_until = now + LINK_DELIVER_MS;
+        return 0;
+    }
+    return now >= c->deliver_until;
+}
+
+/* Hands the complete frames in l->in to the handshake or the owner, in
+ * order. Bounded: stops at the delivery budget and resumes in the next
+ * iteration; unbounded for the last frames before the peer's EOF. */
+static void process(struct link *l, int bounded)
 {
     while (l->state == S_HANDSHAKE || l->state == S_CONFIRM || l->state == S_UP) {
         size_t max = l->state == S_HANDSHAKE ? LINK_PREAUTH_MAX : LINK_FRAME_MAX;
@@ -828,6 +858,13 @@ static void process(struct link *l)
         enum frame_status st = frame_next(&l->in, max, &body, &len);
         if (st == FRAME_NEED_MORE)
             return;
+        if (st == FRAME_READY && bounded && delivery_spent(l->ctx)) {
+            /* Read nothing more until these are out, so that a fast
+             * sender meets TCP's flow control instead of our memory. */
+            ev_io_stop(l->ctx->loop, &l->rio);
+            ev_timer_start(l->ctx->loop, &l->resume);   /* the next iteration */
+            return;
+        }
         if (st == FRAME_TOO_BIG) {
             drop(l, LOG_WARN, 0, "frame of %zu bytes over the %zu-byte limit",
                  header_len(&l->in), max);
@@ -860,6 +897,19 @@ static void drop_eof(struct link *l)
             drop(l, LOG_WARN, 0, "closed by the peer during the handshake");
         break;
     }
+}
+
+/* The frames the delivery budget left over, in order, before any new ones. */
+static void on_resume(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct link *l = (struct link *)((char *)w - offsetof(struct link, resume));
+
+    l->busy++;
+    process(l, 1);
+    if (l->state != S_CLOSED && !ev_is_active(&l->resume))
+        ev_io_start(loop, &l->rio);     /* caught up */
+    l->busy--;
+    link_maybe_free(l);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -897,7 +947,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         break;
     }
     /* Frames that arrived before an EOF still count (a REFUSE, a GOODBYE). */
-    process(l);
+    process(l, !eof && !err);
     if (l->state != S_CLOSED && err)
         drop_errno(l, err);
     else if (l->state != S_CLOSED && eof)

@@ -197,7 +197,97 @@ static int l_break(lua_State *L)
     return 0;
 }
 
-/* now() -> the loop's cached time (seconds, wall clock based). */
+static double clock_ms(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static double mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+
+/* ---- how long the loop is busy ------------------------------------------
+ *
+ * One iteration's busy time runs from waking up (an ev_check of the highest
+ * priority, the first callback after the poll) to going back to sleep (an
+ * ev_prepare of the lowest, after the collector's slice). It is measured
+ * twice: in wall-clock time, which includes being preempted by other
+ * processes, and in this thread's CPU time, which is the work the loop
+ * itself did. The longest single step of the collector is kept too: a step
+ * cannot be cut, so it is the floor of what pacing can achieve. Off until
+ * first asked for: the CPU clock is a system call. */
+static struct {
+    ev_check wake;
+    ev_prepare sleep;
+    double wall0, cpu0;         /* clocks at the last wake-up, ms */
+    double iterations, sum_ms;  /* since the last read */
+    double max_ms, max_cpu_ms, max_gc_step_ms;
+} busy;
+
+static void on_wake(struct ev_loop *loop, ev_check *w, int revents)
+{
+    busy.wall0 = mono_ms();
+    busy.cpu0 = clock_ms(CLOCK_THREAD_CPUTIME_ID);
+}
+
+static void on_sleep(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    if (busy.wall0 == 0)
+        return;     /* started between a wake-up and this sleep */
+    double wall = mono_ms() - busy.wall0;
+    double cpu = clock_ms(CLOCK_THREAD_CPUTIME_ID) - busy.cpu0;
+    busy.iterations++;
+    busy.sum_ms += wall;
+    if (wall > busy.max_ms)
+        busy.max_ms = wall;
+    if (cpu > busy.max_cpu_ms)
+        busy.max_cpu_ms = cpu;
+}
+
+static int busy_measuring(void) { return ev_is_active(&busy.wake); }
+
+/* busy() -> { iterations, mean_ms, max_ms, max_cpu_ms, max_gc_step_ms }
+ * since the last call, and starts measuring on the first; busy(false)
+ * stops. [-0, +(0|1), m] */
+static int l_busy(lua_State *L)
+{
+    struct ev_loop *loop = luart_loop(L);
+    if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) {
+        if (busy_measuring()) {
+            ev_ref(loop);
+            ev_ref(loop);
+            ev_check_stop(loop, &busy.wake);
+            ev_prepare_stop(loop, &busy.sleep);
+        }
+        return 0;
+    }
+    if (!busy_measuring()) {
+        memset(&busy, 0, sizeof busy);
+        ev_check_init(&busy.wake, on_wake);
+        ev_set_priority(&busy.wake, EV_MAXPRI);
+        ev_check_start(loop, &busy.wake);
+        ev_prepare_init(&busy.sleep, on_sleep);
+        ev_set_priority(&busy.sleep, EV_MINPRI);
+        ev_prepare_start(loop, &busy.sleep);
+        ev_unref(loop);     /* measuring alone does not keep the loop running */
+        ev_unref(loop);
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)busy.iterations);
+    lua_setfield(L, -2, "iterations");
+    lua_pushnumber(L, busy.iterations > 0 ? busy.sum_ms / busy.iterations : 0);
+    lua_setfield(L, -2, "mean_ms");
+    lua_pushnumber(L, busy.max_ms);
+    lua_setfield(L, -2, "max_ms");
+    lua_pushnumber(L, busy.max_cpu_ms);
+    lua_setfield(L, -2, "max_cpu_ms");
+    lua_pushnumber(L, busy.max_gc_step_ms);
+    lua_setfield(L, -2, "max_gc_step_ms");
+    busy.iterations = busy.sum_ms = 0;
+    busy.max_ms = busy.max_cpu_ms = busy.max_gc_step_ms = 0;
+    return 1;
+}
+
 /* ---- the collector, paced by the loop ------------------------------------
  *
  * Lua's incremental collector runs in steps paid for by allocation, and a
@@ -205,11 +295,13 @@ static int l_break(lua_State *L)
  * (a pg snapshot of 100,000 members) that is 20-40 ms in one go, inside
  * whatever happened to allocate. Paced, the automatic collector is off and
  * every loop iteration, before it waits for events, spends at most
- * pace.step_ms on collection steps, eight times that while the heap is
+ * pace.step_ms on collection steps, four times that while the heap is
  * past twice its size after the last cycle (plus pace.slack_kb). A heap
  * past four times that turns the automatic collector back on until a
  * cycle completes, so memory stays bounded however fast the loop
  * allocates. */
+#define PACE_STEP_LOG2 10     /* log2 of the bytes' worth of work per step */
+
 static struct {
     ev_prepare w;
     lua_State *L;
@@ -218,13 +310,6 @@ static struct {
     int slack_kb;
     int automatic;    /* the safety valve is open */
 } pace;
-
-static double mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static void cycle_done(lua_State *L)
 {
@@ -244,18 +329,25 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     int kb = lua_gc(L, LUA_GCCOUNT);
     double budget = pace.step_ms;
     if (kb > 2 * pace.base_kb + pace.slack_kb)
-        budget *= 8;    /* behind: catch up, still in bounded slices */
+        budget *= 4;    /* behind: catch up, still in bounded slices */
     if (!pace.automatic && kb > 4 * pace.base_kb + 4 * pace.slack_kb) {
         pace.automatic = 1;
         lua_gc(L, LUA_GCRESTART);
     }
-    double until = mono_ms() + budget;
+    double now = mono_ms(), until = now + budget;
     do {
-        if (lua_gc(L, LUA_GCSTEP, 0)) {
+        double t0 = busy_measuring() ? clock_ms(CLOCK_THREAD_CPUTIME_ID) : 0;
+        int done = lua_gc(L, LUA_GCSTEP, 0);
+        if (t0 > 0) {
+            double step = clock_ms(CLOCK_THREAD_CPUTIME_ID) - t0;
+            if (step > busy.max_gc_step_ms)
+                busy.max_gc_step_ms = step;
+        }
+        if (done) {
             cycle_done(L);
             break;
         }
-    } while (mono_ms() < until);
+    } while ((now = mono_ms()) < until);
 }
 
 /* pace_gc(step_ms[, slack_kb]): pace the collector by the loop (see
@@ -276,6 +368,11 @@ static int l_pace_gc(lua_State *L)
     pace.base_kb = lua_gc(L, LUA_GCCOUNT);
     pace.automatic = 0;
     lua_gc(L, LUA_GCSTOP);
+    /* A basic step of Lua's default size (2^13 bytes' worth of work) marks
+     * some 50,000 slots: 1-2.5 ms on a heap of 100,000 pg members, too
+     * coarse for a 0.5 ms slice. Steps of 2^10 stay under 0.4 ms and the
+     * slice just takes more of them. */
+    lua_gc(L, LUA_GCINC, 0, 0, PACE_STEP_LOG2);
     if (!ev_is_active(&pace.w)) {
         ev_prepare_init(&pace.w, on_prepare);
         ev_prepare_start(luart_loop(L), &pace.w);
@@ -284,6 +381,7 @@ static int l_pace_gc(lua_State *L)
     return 0;
 }
 
+/* now() -> the loop's cached time (seconds, wall clock based). */
 static int l_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(luart_loop(L)));
@@ -322,6 +420,7 @@ int luaopen_pogo_loop(lua_State *L)
         {"stop", l_break},
         {"now", l_now},
         {"pace_gc", l_pace_gc},
+        {"busy", l_busy},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

@@ -117,6 +117,35 @@ test_link_messages_flow_both_ways_in_order() {
   stop_all
 }
 
+# A flood of frames that each cost the receiver some work is handed over a
+# bounded amount per loop iteration (LINK_DELIVER_MS), in order, none lost.
+test_link_a_flood_is_delivered_a_bounded_amount_per_loop_iteration() {
+  link_pair
+  # tick counts a's loop iterations: a repeating timer that is always due
+  # fires once per iteration.
+  ev a '_G.tick = 0
+        _G.ticker = require("pogo.core.loop").timer(0, 1e-6, function() _G.tick = _G.tick + 1 end)
+        link.on { message = function(l, m)
+          for _ = 1, 3000 do end            -- some work per message
+          got[#got + 1] = { i = m.i, tick = _G.tick }
+        end }' >/dev/null
+  ev b 'local l = link.links()[1]
+        for i = 1, 20000 do assert(l:send({ i = i })) end' >/dev/null
+  local verdict='
+    local per, most, ticks = {}, 0, 0
+    for i, m in ipairs(got) do
+      if m.i ~= i then return print("out of order at " .. i) end
+      if not per[m.tick] then per[m.tick] = 0; ticks = ticks + 1 end
+      per[m.tick] = per[m.tick] + 1
+      if per[m.tick] > most then most = per[m.tick] end
+    end
+    print(#got, ticks >= 10, most <= 1000)'
+  wait_for 20 "20000 messages at a, in order, over many iterations" \
+    evals_to a "$verdict" "$(printf '20000\ttrue\ttrue')"
+  ev a 'ticker:close()' >/dev/null
+  stop_all
+}
+
 test_link_wrong_key_is_refused_with_one_line_on_each_side() {
   new_key "$T/k1"
   new_key "$T/k2"
