@@ -217,11 +217,15 @@ if want snapshot; then
         sleep 0.2
         ev a 'STALL.max' | sample snap_stall_a
         ev b 'STALL.max' | sample snap_stall_b
-        BUSY='local b = require("pogo.core.loop").busy() return ("%.6f %.6f"):format(b.max_cpu_ms / 1000, b.max_gc_step_ms / 1000)'
+        BUSY='local b = require("pogo.core.loop").busy()
+          return ("%.6f %.6f %.6f %s"):format(b.max_cpu_ms / 1000, b.max_gc_step_ms / 1000,
+            b.slowest_call_ms / 1000, b.slowest_call:gsub(" ", "_"))'
         for n in a b; do
-          read -r cpu gc < <(ev "$n" "$BUSY" | tr -d '"')
+          read -r cpu gc call where < <(ev "$n" "$BUSY" | tr -d '"')
           echo "$cpu" | sample "snap_busy_$n"
           echo "$gc" | sample "snap_gc_$n"
+          echo "$call" | sample "snap_call_$n"
+          note "  run $r, $n: busiest iteration $(awk -v x="$cpu" 'BEGIN { printf "%.1f", x * 1000 }') ms CPU; slowest callback $(awk -v x="$call" 'BEGIN { printf "%.1f", x * 1000 }') ms: $where"
         done
       else
         NOTES+=("snapshot run $r: b did not get $SNAP_MEMBERS members within 60 s (has $(ev b "pogo.pg.count('snap')"))")
@@ -361,8 +365,10 @@ if want snapshot; then
   metric "  longest loop stall, receiver (1 ms timer)" snap_stall_b 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
   metric "  longest busy iteration, sender (CPU time)" snap_busy_a 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
   metric "  longest busy iteration, receiver (CPU time)" snap_busy_b 1000 1 " ms" "a few ms (<=5)" p99 "<=" 5
-  metric "  longest collector step, sender (CPU time)" snap_gc_a 1000 1 " ms" "-" "" "" ""
-  metric "  longest collector step, receiver (CPU time)" snap_gc_b 1000 1 " ms" "-" "" "" ""
+  metric "    longest collector step, sender" snap_gc_a 1000 1 " ms" "-" "" "" ""
+  metric "    longest collector step, receiver" snap_gc_b 1000 1 " ms" "-" "" "" ""
+  metric "    slowest Lua callback, sender" snap_call_a 1000 1 " ms" "-" "" "" ""
+  metric "    slowest Lua callback, receiver" snap_call_b 1000 1 " ms" "-" "" "" ""
 fi
 if want soak; then
   metric "false alarms: down events in ${SOAK}s, 3 nodes" soak_down 1 0 "" "0" p99 "<=" 0

@@ -246,8 +246,8 @@ static void on_sleep(struct ev_loop *loop, ev_prepare *w, int revents)
 
 static int busy_measuring(void) { return ev_is_active(&busy.wake); }
 
-/* busy() -> { iterations, mean_ms, max_ms, max_cpu_ms, max_gc_step_ms }
- * since the last call, and starts measuring on the first; busy(false)
+/* busy() -> { iterations, mean_ms, max_ms, max_cpu_ms, max_gc_step_ms,
+ * slowest_call_ms, slowest_call } since the last call, and starts measuring on the first; busy(false)
  * stops. [-0, +(0|1), m] */
 static int l_busy(lua_State *L)
 {
@@ -258,6 +258,7 @@ static int l_busy(lua_State *L)
             ev_ref(loop);
             ev_check_stop(loop, &busy.wake);
             ev_prepare_stop(loop, &busy.sleep);
+            luart_time_calls(0);
         }
         return 0;
     }
@@ -271,8 +272,15 @@ static int l_busy(lua_State *L)
         ev_prepare_start(loop, &busy.sleep);
         ev_unref(loop);     /* measuring alone does not keep the loop running */
         ev_unref(loop);
+        luart_time_calls(1);
     }
-    lua_createtable(L, 0, 5);
+    char where[160];
+    double slowest_ms = luart_slowest(where, sizeof where);
+    lua_createtable(L, 0, 7);
+    lua_pushnumber(L, slowest_ms);
+    lua_setfield(L, -2, "slowest_call_ms");
+    lua_pushstring(L, where);
+    lua_setfield(L, -2, "slowest_call");
     lua_pushinteger(L, (lua_Integer)busy.iterations);
     lua_setfield(L, -2, "iterations");
     lua_pushnumber(L, busy.iterations > 0 ? busy.sum_ms / busy.iterations : 0);

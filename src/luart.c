@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -87,13 +88,63 @@ static int msgh(lua_State *L)
     return 1;
 }
 
+/* The slowest outermost call while timing is on (see luart_time_calls). */
+static struct {
+    int on;
+    int depth;          /* guarded calls on the C stack */
+    int base;           /* the depth of the loop's callbacks */
+    double ms;
+    char where[160];
+} slowest;
+
+/* Called from Lua code that a loop callback runs, so the callbacks'
+ * depth is one less than the current one. */
+void luart_time_calls(int on)
+{
+    slowest.on = on;
+    slowest.base = slowest.depth > 0 ? slowest.depth - 1 : 0;
+    slowest.ms = 0;
+    slowest.where[0] = '\0';
+}
+
+double luart_slowest(char *where, size_t len)
+{
+    double ms = slowest.ms;
+    snprintf(where, len, "%s", slowest.where);
+    slowest.ms = 0;
+    slowest.where[0] = '\0';
+    return ms;
+}
+
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 int luart_call(lua_State *L, int nargs, int nres, const char *what)
 {
     int base = lua_gettop(L) - nargs;
+    lua_Debug ar = {0};
+    int timed = slowest.on && slowest.depth == slowest.base;
+    double t0 = 0;
+    if (timed) {
+        lua_pushvalue(L, base);
+        lua_getinfo(L, ">S", &ar);
+        t0 = cpu_ms();
+    }
+    slowest.depth++;
     lua_pushcfunction(L, msgh);
     lua_insert(L, base);
     int rc = lua_pcall(L, nargs, nres, base);
     lua_remove(L, base);
+    slowest.depth--;
+    if (timed && cpu_ms() - t0 > slowest.ms) {
+        slowest.ms = cpu_ms() - t0;
+        snprintf(slowest.where, sizeof slowest.where, "%s (%s:%d)", what,
+                 ar.short_src, ar.linedefined);
+    }
     if (rc != LUA_OK) {
         log_error("lua", "%s: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);

@@ -68,6 +68,12 @@ struct ev_loop *luart_loop(lua_State *L);
  * nothing. Returns LUA_OK or the error code. [-(nargs+1), +(nres|0), -] */
 int luart_call(lua_State *L, int nargs, int nres, const char *what);
 
+/* While on, luart_call() times every outermost call in CPU time and keeps
+ * the slowest: its `what` and the called function's source:line, for
+ * loop.busy(). luart_slowest() hands it over and starts again. */
+void luart_time_calls(int on);
+double luart_slowest(char *where, size_t len);
+
 /* Registry refs of callbacks: take the value at idx, give it back. */
 int luart_ref(lua_State *L, int idx);                 /* [-0, +0, -] */
 void luart_unref(lua_State *L, int *ref);              /* [-0, +0, -] */
