@@ -41,6 +41,9 @@ M.TOPICS = {
     .. "started with --node NAME works on that node throughout." },
   ["pogo.config"] = { "pogo.config()", "The node config in force (a copy)." },
   ["pogo.errors"] = { "pogo.errors()", "{ [file] = message } for user files whose last load failed." },
+  ["pogo.busy"] = { "pogo.busy()",
+    "How busy the agent's loop was since the last call (the first starts measuring): iterations,\n"
+    .. "mean_ms, max_ms, max_cpu_ms, max_gc_step_ms, and the slowest Lua callback (slowest_call)." },
   ["pogo.log.info"] = { "pogo.log.info(fmt, ...)", "A log line (debug, info, warn, error alike)." },
 }
 

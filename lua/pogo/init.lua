@@ -174,4 +174,12 @@ function M.errors()
   return out
 end
 
+--- How busy the agent's loop has been since the last call (the first call
+--- starts measuring): iterations, mean_ms and max_ms (wall clock),
+--- max_cpu_ms (the loop's own work in its busiest iteration),
+--- max_gc_step_ms, and the slowest Lua callback with slowest_call_ms.
+function M.busy()
+  return require("pogo.core.loop").busy()
+end
+
 return M

@@ -42,6 +42,24 @@ test_infinite_loop_is_interrupted_by_the_budget() {
   expect_eq "2" "$(ev a '1+1')" "agent still serves"
 }
 
+# pogo.busy() measures the loop: a timer that works 30 ms is the busiest
+# iteration and the slowest callback, named by its file and line.
+test_busy_names_the_slowest_callback() {
+  start_agent a
+  ev a 'pogo.busy()' >/dev/null
+  ev a '_G.slow = require("pogo.core.loop").timer(0.05, 0, function()
+          local t = os.clock() while os.clock() - t < 0.03 do end
+        end)' >/dev/null
+  timer_done() { [ "$(ev a 'slow:active()')" = false ]; }
+  wait_for 3 "the timer ran" timer_done
+  local out
+  out=$(ev a 'local b = pogo.busy()
+              print(b.iterations > 0, b.max_cpu_ms >= 25, b.slowest_call_ms >= 25, b.slowest_call)')
+  expect_match $'^true	true	true	pogo.timer \(eval:1\)$' "$out" "pogo.busy() after a 30 ms timer"
+  out=$(ev a 'local b = pogo.busy() print(b.slowest_call_ms < 25)')
+  expect_eq "true" "$out" "a second call starts again"
+}
+
 test_sessions_do_not_leak_into_the_agent() {
   start_agent a
   ev a 'secret = 42' >/dev/null
