@@ -828,7 +828,6 @@ static void on_sealed_frame(struct link *l, const char *body, size_t len)
     buf_consume(rx, buf_avail(rx));
 }
 
-/* Handles the whole frames in l->in while l stays open. */
 /* Whether this loop iteration has used up its LINK_DELIVER_MS; the first
  * call in an iteration starts the clock. */
 static int delivery_spent(struct link_ctx *c)

@@ -247,8 +247,8 @@ static void on_sleep(struct ev_loop *loop, ev_prepare *w, int revents)
 static int busy_measuring(void) { return ev_is_active(&busy.wake); }
 
 /* busy() -> { iterations, mean_ms, max_ms, max_cpu_ms, max_gc_step_ms,
- * slowest_call_ms, slowest_call } since the last call, and starts measuring on the first; busy(false)
- * stops. [-0, +(0|1), m] */
+ * slowest_call_ms, slowest_call } since the last call; the first call
+ * starts measuring, busy(false) stops. [-0, +(0|1), m] */
 static int l_busy(lua_State *L)
 {
     struct ev_loop *loop = luart_loop(L);
