@@ -205,6 +205,10 @@ test_control_socket_abuse_leaves_the_agent_serving() {
   kill "$unread"
   expect_eq 2 "$(ev a '1 + 1')" "agent serves after the slow reader"
   wait_for 5 "the agent's descriptors back to $base" bash -c "[ \$(ls /proc/${AGENT_PID[a]}/fd | wc -l) -le $base ]"
+  # A result whose own __tostring loops is cut off by the budget too.
+  local err
+  err=$(ev a -t 200ms 'return setmetatable({}, { __tostring = function() while true do end end })' 2>&1 >/dev/null)
+  expect_match "printing the result: .*interrupted: ran past its budget of 200 ms" "$err" "a looping __tostring"
   # Many clients at once, each with a real request.
   local i pids=()
   for i in $(seq 50); do ev a "return $i * 2" >"$T/many.$i" 2>&1 & pids+=($!); done
