@@ -198,8 +198,8 @@ test_control_socket_abuse_leaves_the_agent_serving() {
   expect_eq 2 "$(ev a '1 + 1')" "agent serves beside 302 silent clients"
   kill "$idle" "$partial"
   wait_for 5 "the agent's descriptors back to $base" bash -c "[ \$(ls /proc/${AGENT_PID[a]}/fd | wc -l) -le $base ]"
-  # A client that asks for 100 MiB of answers and reads none of them.
-  control_client unread 100 1048576 >"$T/unread.out" & local unread=$!
+  # A client that asks for a 70 MiB answer and does not read it.
+  control_client unread 1 $((70 << 20)) >"$T/unread.out" & local unread=$!
   CLEANUPS+=("kill $unread")
   wait_for 30 "the slow reader dropped" grep -q "client reads too slowly, dropped" "$T/a.log"
   kill "$unread"
