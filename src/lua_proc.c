@@ -517,7 +517,7 @@ static rlim_t check_rlim(lua_State *L, int idx, const char *name)
     return (rlim_t)v;
 }
 
-/* rlimits: name -> limit | {soft, hard}. [-0, +0, v] */
+/* rlimits: name -> limit | {soft, hard} | {soft = , hard = }. [-0, +0, v] */
 static void get_rlimits(struct build *b)
 {
     lua_State *L = b->L;
@@ -538,8 +538,16 @@ static void get_rlimits(struct build *b)
             luaL_argerror(L, 1, lua_pushfstring(L, "unknown rlimit '%s'", name));
         struct rlimit lim;
         if (lua_type(L, -1) == LUA_TTABLE) {
-            lua_rawgeti(L, -1, 1);
-            lua_rawgeti(L, -2, 2);
+            /* {soft, hard}, or {soft = , hard = } as pogo.spec writes it */
+            int pair = lua_gettop(L);
+            if (lua_getfield(L, pair, "soft") == LUA_TNIL) {
+                lua_pop(L, 1);
+                lua_rawgeti(L, pair, 1);
+            }
+            if (lua_getfield(L, pair, "hard") == LUA_TNIL) {
+                lua_pop(L, 1);
+                lua_rawgeti(L, pair, 2);
+            }
             lim.rlim_cur = check_rlim(L, -2, name);
             lim.rlim_max = check_rlim(L, -1, name);
             lua_pop(L, 2);

@@ -238,7 +238,9 @@ function Cluster:_timer(after, rep, fn)
   local w = {}
   local h
   h = self.timer(after, rep, function()
-    if rep == 0 then self.timers[w] = nil end
+    -- A fired one-shot is done: close it, or the callback (held by a
+    -- registry ref) keeps w, and through w.close its own handle, for ever.
+    if rep == 0 then w.close() end
     if self.stopped then return end
     fn()
   end)

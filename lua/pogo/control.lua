@@ -108,7 +108,16 @@ function M.evaluate(env, req)
     out, err = encode_json(values, n)
     if not out then return { ok = false, error = err, printed = out_printed } end
   elseif n > 0 then
-    out = pretty.list(values, { color = req.color and true or false, width = tonumber(req.width) or 80 })
+    -- Printing calls the values' own __tostring, user code like the chunk:
+    -- under the budget too, or one looping __tostring would hang the agent.
+    local fok, formatted = call(budget, pretty.list, values,
+      { color = req.color and true or false, width = tonumber(req.width) or 80 })
+    if not fok then
+      local msg = tostring(formatted)
+      return { ok = false, error = "printing the result: " .. msg:match("^[^\n]*"), traceback = msg,
+        printed = out_printed }
+    end
+    out = formatted
   end
   return { ok = true, n = n, out = out, printed = out_printed }
 end

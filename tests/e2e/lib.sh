@@ -19,6 +19,25 @@ fail() {
   exit 1
 }
 
+# Sanitizer reports (ASan, LeakSanitizer, UBSan) of every process a test
+# runs go to $T/sanitizer.PID rather than to stderr: an agent reports its
+# leaks as it exits, often in e2e_cleanup where nobody reads its log, so
+# e2e_cleanup fails the test on any such file instead.
+sanitizer_log_to_T() {
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$T/sanitizer"
+  export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}log_path=$T/sanitizer"
+}
+
+# sanitizer_reports - print every report so far; status 1 if there was none.
+sanitizer_reports() {
+  local f found=1
+  for f in "$T"/sanitizer.*; do
+    [ -e "$f" ] || continue
+    echo "--- sanitizer report $(basename "$f"):"; cat "$f"; found=0
+  done
+  return $found
+}
+
 # Live processes carrying the marker of any agent this test started.
 marked_processes() {
   local pid p
@@ -53,6 +72,7 @@ e2e_cleanup() {
     echo "leaked process $p: $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)" >&2
     kill -KILL "$p" 2>/dev/null
   done
+  sanitizer_reports >&2 && { echo "FAILED: a sanitizer reported (above)" >&2; leaked=$((leaked + 1)); }
   [ -n "${NETNS:-}" ] && ip netns del "$NETNS" 2>/dev/null
   rm -rf "$T"
   [ $leaked -eq 0 ] || exit 1
@@ -60,6 +80,7 @@ e2e_cleanup() {
 
 e2e_main() {
   T=$(mktemp -d /tmp/pogo-e2e.XXXXXX)
+  sanitizer_log_to_T
   trap e2e_cleanup EXIT
   "$1"
 }
