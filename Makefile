@@ -170,6 +170,14 @@ bench-deps:
 	    || echo "make bench-deps: npm install pm2 failed; PM2 will show as n/a"; \
 	fi
 
+# make soak: two agents whose children restart constantly for SOAK_TIME
+# seconds; their RSS and Lua heap must stay flat (bench/soak.sh).
+SOAK_TIME ?= 1800
+.PHONY: soak
+soak: deps
+	@$(MAKE) --no-print-directory pogo
+	@DURATION=$(SOAK_TIME) bash bench/soak.sh
+
 install: pogo
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/pogo/lua/pogo
 	install -m 0755 pogo $(DESTDIR)$(PREFIX)/bin/pogo
