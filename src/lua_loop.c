@@ -301,9 +301,11 @@ static int l_busy(lua_State *L)
  * Lua's incremental collector runs in steps paid for by allocation, and a
  * step can finish a whole cycle: on a heap of some 40 MB of small tables
  * (a pg snapshot of 100,000 members) that is 20-40 ms in one go, inside
- * whatever happened to allocate. Paced, the automatic collector is off and
- * every loop iteration, before it waits for events, spends at most
- * pace.step_ms on collection steps, four times that while the heap is
+ * whatever happened to allocate. Paced, the automatic collector is off and,
+ * once the heap has grown by half since the last cycle ended (Lua's own
+ * pause, so an idle agent does not collect in every iteration), every loop
+ * iteration, before it waits for events, spends at most pace.step_ms on
+ * collection steps, four times that while the heap is
  * past twice its size after the last cycle (plus pace.slack_kb). A heap
  * past four times that turns the automatic collector back on until a
  * cycle completes, so memory stays bounded however fast the loop
@@ -317,11 +319,13 @@ static struct {
     int base_kb;      /* heap after the last completed cycle */
     int slack_kb;
     int automatic;    /* the safety valve is open */
+    int resting;      /* a cycle ended; the next waits for the heap to grow */
 } pace;
 
 static void cycle_done(lua_State *L)
 {
     pace.base_kb = lua_gc(L, LUA_GCCOUNT);
+    pace.resting = 1;
     if (pace.automatic) {
         pace.automatic = 0;
         lua_gc(L, LUA_GCSTOP);
@@ -335,6 +339,11 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)revents;
     lua_State *L = pace.L;
     int kb = lua_gc(L, LUA_GCCOUNT);
+    if (pace.resting) {
+        if (kb < pace.base_kb + pace.base_kb / 2)
+            return;
+        pace.resting = 0;
+    }
     double budget = pace.step_ms;
     if (kb > 2 * pace.base_kb + pace.slack_kb)
         budget *= 4;    /* behind: catch up, still in bounded slices */
@@ -375,6 +384,7 @@ static int l_pace_gc(lua_State *L)
     pace.L = L;
     pace.base_kb = lua_gc(L, LUA_GCCOUNT);
     pace.automatic = 0;
+    pace.resting = 0;
     lua_gc(L, LUA_GCSTOP);
     /* A basic step of Lua's default size (2^13 bytes' worth of work) marks
      * some 50,000 slots: 1-2.5 ms on a heap of 100,000 pg members, too
