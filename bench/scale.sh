@@ -18,7 +18,9 @@
 #             a live agent (and no id twice)
 #
 # Environment: AGENTS=100 CHILDREN=10000 WAVE=25 IDLE=10 START_SECS=600
-# (how long the children may take to start; the failover needs them all)
+# (how long the children may take to start; the failover needs them all).
+# CHILDREN=0: the mesh and the idle cluster only. The start is abandoned
+# (every agent killed) once the children's processes pass 1.5 x CHILDREN.
 #
 # Every agent, watchdog and child is killed on exit (bench/dsup/lib.sh).
 set -u
@@ -139,7 +141,7 @@ fi
 # ---- CHILDREN children from one spec file --------------------------------------------------
 
 started=0; most=0
-if [ "$formed" -eq 1 ]; then
+if [ "$formed" -eq 1 ] && [ "$CHILDREN" -gt 0 ]; then
   note "start: $CHILDREN children"
   spec "$T/c.lua" c- "$CHILDREN"
   mapfile -t alive < <(live_agents)
@@ -152,6 +154,13 @@ if [ "$formed" -eq 1 ]; then
     read -r procs ids dups < <(count "${alive[@]}")
     [ "$procs" -gt "$most" ] && most=$procs
     [ "$dups" -gt "$peak_dups" ] && peak_dups=$dups
+    # On a starved machine the agents lose each other and every side runs
+    # every child: stop before the copies exhaust the machine's pids.
+    if [ "$procs" -gt $((CHILDREN * 3 / 2 + 20)) ]; then
+      NOTES+=("start: gave up after $(since "$t0" "$(mono)" | cut -d. -f1) s: $procs processes for $ids ids (runaway duplicates); every agent was killed")
+      down_all
+      break
+    fi
     if [ "$ids" -eq "$CHILDREN" ] && [ "$procs" -eq "$CHILDREN" ]; then
       since "$t0" "$(mono)" | sample start; started=1; break
     fi
@@ -169,7 +178,7 @@ if [ "$formed" -eq 1 ]; then
   count -p | awk '{ print $2 }' | sample per_agent
 fi
 
-if [ "$formed" -eq 1 ] && [ "$most" -gt 0 ]; then
+if [ "$formed" -eq 1 ] && [ "$most" -gt 0 ] && [ "${#PID[@]}" -gt 0 ]; then
   note "idle: ${IDLE}s, with the children"
   sleep 5
   idle busy
