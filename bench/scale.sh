@@ -20,7 +20,8 @@
 # Environment: AGENTS=100 CHILDREN=10000 WAVE=25 IDLE=10 START_SECS=600
 # (how long the children may take to start; the failover needs them all).
 # CHILDREN=0: the mesh and the idle cluster only. The start is abandoned
-# (every agent killed) once the children's processes pass 1.5 x CHILDREN.
+# (every agent killed) once the children's processes pass 1.5 x CHILDREN or
+# the agents hold half the memory that was free.
 #
 # Every agent, watchdog and child is killed on exit (bench/dsup/lib.sh).
 set -u
@@ -65,6 +66,15 @@ count() {
   perl bench/scale/count.pl "${mode[@]}" "$CHILD" "$@"
 }
 exact() { [ "$(count | cut -d' ' -f1,2)" = "$CHILDREN $CHILDREN" ]; }   # each id in one process
+# agents_kb - the resident memory of every agent, in KiB, summed.
+agents_kb() {
+  local n s=0 kb
+  for n in "${!PID[@]}"; do
+    kb=$(awk '/VmRSS/ { print $2 }' "/proc/${PID[$n]}/status" 2>/dev/null)
+    s=$((s + ${kb:-0}))
+  done
+  echo "$s"
+}
 live_agents() { local n; for n in "${!PID[@]}"; do echo "${PID[$n]}"; done; }
 
 # ---- the mesh ----------------------------------------------------------------------
@@ -150,6 +160,9 @@ if [ "$formed" -eq 1 ] && [ "$CHILDREN" -gt 0 ]; then
   since "$t0" "$t1" | sample start_cli
   deadline=$(( $(date +%s) + START_SECS ))
   most=0; peak_dups=0; told=$(date +%s)
+  # every node stores every node's copy of every request (pogo.desired):
+  # give up before the agents take half of the memory that was free
+  mem_cap=$(( $(awk '/MemAvailable/ { print $2 }' /proc/meminfo) / 2 ))
   while :; do
     read -r procs ids dups < <(count "${alive[@]}")
     [ "$procs" -gt "$most" ] && most=$procs
@@ -158,6 +171,11 @@ if [ "$formed" -eq 1 ] && [ "$CHILDREN" -gt 0 ]; then
     # every child: stop before the copies exhaust the machine's pids.
     if [ "$procs" -gt $((CHILDREN * 3 / 2 + 20)) ]; then
       NOTES+=("start: gave up after $(since "$t0" "$(mono)" | cut -d. -f1) s: $procs processes for $ids ids (runaway duplicates); every agent was killed")
+      down_all
+      break
+    fi
+    if [ "$(agents_kb)" -gt "$mem_cap" ]; then
+      NOTES+=("start: gave up after $(since "$t0" "$(mono)" | cut -d. -f1) s: the agents held $(( $(agents_kb) / 1024 )) MiB, half the memory that was free; $ids ids were running; every agent was killed")
       down_all
       break
     fi
