@@ -759,7 +759,9 @@ describe("#sim pogo.cluster", function()
       assert.is_truthy(back, sim:dump())
       worst_back = math.max(worst_back, back)
     end
-    assert.is_true(first >= 1.0, "too early: " .. first)
+    -- Down after suspect_after + probe_timeout (1.1 s) of silence; the last
+    -- heartbeat may have left up to one heartbeat (0.2 s) before the freeze.
+    assert.is_true(first >= 0.9, "too early: " .. first)
     assert.is_true(last < 2, "too late: " .. last)
     print(("\n  frozen node declared down after %.2f-%.2f s (20 freezes); back within %.2f s of the thaw")
       :format(first, last, worst_back))
@@ -768,6 +770,50 @@ describe("#sim pogo.cluster", function()
     sim:run(10)
     assert.are.equal(count, #sim:events("n1", "down"))
     assert.is_true(sim:all_see(names(5)))
+    no_errors(sim)
+  end)
+
+  it("spaces heartbeats out past ping_rate, and finds a frozen node within P + 1.1 s", function()
+    -- 10 heartbeats a second for 7 peers: one to each every 4 ticks, P = 0.8 s.
+    local sim = mesh(8, { seed = 7, tuning = { ping_rate = 10 } })
+    local beats = {}
+    local transmit = sim._transmit
+    function sim._transmit(s, from, item)
+      if item.kind == "msg" and item.msg.t == "ping" and item.msg.beat then
+        beats[from.proc.name] = (beats[from.proc.name] or 0) + 1
+      end
+      return transmit(s, from, item)
+    end
+    sim:run(20)
+    for _, name in ipairs(names(8)) do
+      assert.is_true(beats[name] >= 7 * 20 / 0.8 - 7 and beats[name] <= 7 * 20 / 0.8 + 7,
+        name .. " sent " .. beats[name] .. " heartbeats in 20 s")
+      assert.are.same({}, sim:events(name, "down"))
+      for _, n in ipairs(sim:cluster(name):nodes()) do
+        if not n.self then assert.is_number(n.rtt) end
+      end
+    end
+    local first, last = math.huge, 0
+    for round = 1, 8 do
+      local victim = NAMES[round]
+      sim:run(2 + 0.8 * round / 8)
+      local t0 = sim.now
+      sim:freeze(victim)
+      sim:run(3)
+      for _, name in ipairs(names(8)) do
+        if name ~= victim then
+          local downs = sim:events(name, "down", victim)
+          assert.are.equal(1, #downs, name .. " about " .. victim)
+          first, last = math.min(first, downs[1].time - t0), math.max(last, downs[1].time - t0)
+        end
+      end
+      sim:thaw(victim)
+      assert.is_truthy(sim:run_until(function() return sim:all_see(names(8)) end, 5), sim:dump())
+      for _, name in ipairs(names(8)) do sim:proc(name).events = {} end
+    end
+    -- 1.7 s of silence at least (the last heartbeat may leave up to P before the freeze)
+    assert.is_true(first >= 1.7 - 0.8, "too early: " .. first)
+    assert.is_true(last <= 0.8 + 1.1 + 0.01, "too late: " .. last)
     no_errors(sim)
   end)
 
