@@ -91,9 +91,9 @@ FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TIME    ?= 60
 
-build/fuzz/%: tests/fuzz/%.c $(CORE) src/pogo.h
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_lua.h $(CORE) src/pogo.h
 	@mkdir -p $(@D)
-	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -Isrc $(PC_CFLAGS) -o $@ $< $(CORE) $(LDLIBS)
+	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -DFUZZ_ROOT='"$(CURDIR)"' -Isrc $(PC_CFLAGS) -o $@ $< $(CORE) $(LDLIBS)
 
 fuzz-build: $(FUZZ_TARGETS)
 

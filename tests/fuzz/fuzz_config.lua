@@ -1,0 +1,73 @@
+-- Driver of fuzz_config: the input is the text of a node config, loaded
+-- by pogo.config.load as the agent loads it (the sandbox, the budget, the
+-- schema).
+--
+-- Oracles: load returns a config or nil and a message, never raises; a
+-- message names the file; a config has every key of the schema in its
+-- normal form, and validating it again (as the table the file could have
+-- returned) gives the same config.
+
+local config = require "pogo.config"
+
+local root = ...
+local DIR = root .. "/build/fuzz/fuzz_config.d"   -- where the input is written
+assert(require("pogo.core.sys").mkdir(DIR, tonumber("700", 8)))
+local PATH = DIR .. "/node.lua"
+local BUDGET = 0.1      -- seconds; the agent's default is 1 for its config
+
+local function check(cond, fmt, ...)
+  if not cond then error(fmt:format(...), 2) end
+end
+
+local function same(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b or (a ~= a and b ~= b) end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+local function is_list_of(v, kind)
+  if type(v) ~= "table" then return false end
+  local n = 0
+  for _, x in pairs(v) do
+    if type(x) ~= kind then return false end
+    n = n + 1
+  end
+  return n == #v
+end
+
+local function positive(v) return type(v) == "number" and v > 0 end
+
+local function check_normal(cfg)
+  local function key(ok, name) check(ok, "bad normal %s: %s", name, tostring(cfg[name])) end
+  key(type(cfg.name) == "string" and cfg.name:find("^[%w][%w%.%-_]*$") and #cfg.name <= 63, "name")
+  key(type(cfg.listen) == "string", "listen")
+  key(is_list_of(cfg.seeds, "string"), "seeds")
+  key(is_list_of(cfg.tags, "string"), "tags")
+  key(positive(cfg.weight) and cfg.weight < math.huge, "weight")
+  for _, k in ipairs { "run_dir", "control", "log_dir" } do key(type(cfg[k]) == "string" and cfg[k] ~= "", k) end
+  for _, k in ipairs { "budget", "eval_budget", "lease", "drain_timeout" } do key(positive(cfg[k]), k) end
+  key(cfg.expect == nil or (math.type(cfg.expect) == "integer" and cfg.expect >= 1), "expect")
+  key(type(cfg.log) == "table" and type(cfg.log.level) == "string", "log")
+  key(cfg.path == PATH, "path")
+end
+
+return function(src)
+  local f = assert(io.open(PATH, "wb"))
+  f:write(src)
+  f:close()
+  local ok, cfg, err = pcall(config.load, PATH, { budget = BUDGET })
+  check(ok, "config.load raised: %s", tostring(cfg))
+  if not cfg then
+    check(type(err) == "string", "error is a %s", type(err))
+    check(err:sub(1, #PATH) == PATH, "error does not name the file: %s", err)
+    return
+  end
+  check_normal(cfg)
+  local raw = {}
+  for k, v in pairs(cfg) do raw[k] = v end
+  raw.path = nil        -- added by validate, not a key of the file
+  local again, aerr = config.validate(raw, { path = PATH })
+  check(again, "the normal config does not validate: %s", tostring(aerr))
+  check(same(again, cfg), "validating the normal config changed it")
+end
