@@ -3,9 +3,10 @@
  *
  * A target is a C file that includes this header and says
  * FUZZ_LUA_TARGET("NAME"), and a driver script tests/fuzz/NAME.lua, run
- * with the checkout's path as its argument, that returns function(input):
- * it runs one input through the real library and raises when an oracle
- * breaks. The state is the
+ * with the checkout's path (and the target's own argument, if any), that
+ * returns function(input): it runs one input through the real library and
+ * raises when an oracle breaks. A target with more to do in C than pass
+ * the input calls fuzz_lua_open and fuzz_lua_call itself. The state is the
  * agent's (luart_new over the checkout's lua/, so `require "lpeg"` and the
  * pogo.core.* modules resolve as in the agent), made once per process.
  *
@@ -41,8 +42,9 @@
         static lua_State *L;                                                 \
         static int driver;                                                   \
         if (L == NULL)                                                       \
-            L = fuzz_lua_open(name, &driver);                                \
-        fuzz_lua_run(L, driver, data, size);                                 \
+            L = fuzz_lua_open(name, NULL, &driver);                          \
+        lua_pushlstring(L, (const char *)data, size);                        \
+        fuzz_lua_call(L, driver, 1);                                         \
         return 0;                                                            \
     }
 
@@ -101,9 +103,10 @@ void lua_sethook(lua_State *L, lua_Hook f, int mask, int count)
          count);
 }
 
-/* The agent's Lua state with the driver NAME.lua loaded; its function is at
- * the registry ref *driver. Any failure here is fatal. */
-static lua_State *fuzz_lua_open(const char *name, int *driver)
+/* The agent's Lua state with the driver NAME.lua loaded, given arg (if not
+ * NULL) after the checkout's path; its function is at the registry ref
+ * *driver. Any failure here is fatal. */
+static lua_State *fuzz_lua_open(const char *name, const char *arg, int *driver)
 {
     const char *root = getenv("POGO_FUZZ_ROOT");
     const char *dir = getenv("POGO_LUA_DIR");
@@ -128,8 +131,11 @@ static lua_State *fuzz_lua_open(const char *name, int *driver)
                 lua_tostring(L, -1));
         abort();
     }
-    lua_pushstring(L, root);            /* the chunk's `...`: the checkout */
-    if (luart_call(L, 1, 1, name) != LUA_OK || !lua_isfunction(L, -1)) {
+    lua_pushstring(L, root);            /* the chunk's `...` */
+    if (arg != NULL)
+        lua_pushstring(L, arg);
+    if (luart_call(L, arg != NULL ? 2 : 1, 1, name) != LUA_OK ||
+        !lua_isfunction(L, -1)) {
         fprintf(stderr, "%s: %s does not return a function\n", name, path);
         abort();
     }
@@ -137,15 +143,15 @@ static lua_State *fuzz_lua_open(const char *name, int *driver)
     return L;
 }
 
-/* Runs the driver on one input; a raised error is a broken oracle. */
-static void fuzz_lua_run(lua_State *L, int driver, const uint8_t *data,
-                         size_t size)
+/* Calls the driver with the nargs values on top of the stack, at the end
+ * of an input; a raised error is a broken oracle. [-nargs, +0, -] */
+static void fuzz_lua_call(lua_State *L, int driver, int nargs)
 {
-    lua_prev = 0;
     luart_push_ref(L, driver);
-    lua_pushlstring(L, (const char *)data, size);
-    if (luart_call(L, 1, 0, "fuzz driver") != LUA_OK)
+    lua_insert(L, -nargs - 1);
+    if (luart_call(L, nargs, 0, "fuzz driver") != LUA_OK)
         abort();
+    lua_prev = 0;                       /* no edge across two inputs */
     /* Garbage of this input freed now: libFuzzer suspects a leak in every
      * input that mallocs more than it frees, and each LeakSanitizer scan
      * costs more than a full collection of this small heap. */
@@ -160,8 +166,9 @@ static void fuzz_lua_run(lua_State *L, int driver, const uint8_t *data,
         static lua_State *L;                                                 \
         static int driver;                                                   \
         if (L == NULL)                                                       \
-            L = fuzz_lua_open(name, &driver);                                \
-        fuzz_lua_run(L, driver, data, size);                                 \
+            L = fuzz_lua_open(name, NULL, &driver);                          \
+        lua_pushlstring(L, (const char *)data, size);                        \
+        fuzz_lua_call(L, driver, 1);                                         \
         return 0;                                                            \
     }
 
