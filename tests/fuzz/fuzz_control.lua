@@ -3,10 +3,13 @@
 -- node config and the pogo API in pogo.control.agent), without children
 -- or a cluster. fuzz_control.c plays the client.
 --
--- Requests that run code or act on the host by design are answered but
--- not carried out: eval (arbitrary Lua), drain (stops the agent) and start
--- with a file (reads a path of the client's choosing and starts what it
--- names). Every other op runs for real, its validation included.
+-- Requests that run code or act on the host by design are not carried out
+-- as sent: eval runs one of a few fixed chunks instead of the client's
+-- code (picked by its length, so its other fields, json, width, budget,
+-- repl, node, still drive the real evaluation and printing); drain (stops
+-- the agent) and start with a file (reads a path of the client's choosing
+-- and starts what it names) are answered without running. Every other op
+-- runs for real, its validation included.
 --
 -- Oracles, per connection: the handler never raises (a request that does
 -- gets no answer and leaves its client waiting); every request that
@@ -36,8 +39,22 @@ local handled, returned, sent = 0, 0, 0
 local raised        -- the first error a request raised, if any
 
 local function neutral(req)
-  return req.op == "eval" or req.op == "drain" or (req.op == "start" and req.file ~= nil)
+  return req.op == "drain" or (req.op == "start" and req.file ~= nil)
 end
+
+local CHUNKS = {
+  "{ 1, 'two\n\0', { three = { 3.5, 1/0, 0/0, -0.0 } }, print, [true] = {} }, 'x', nil, true",
+  "print('a', 1, nil) print() return 2",
+  "local t = {} t.t = t return t, string.rep('x', 300)",
+  "error('boom')",
+  "error({}, 0)",
+  "return +",
+  "x = (x or 0) + 1 return x",
+  "help('pogo.sup')",
+  "rpc('fuzz', '1 + 1')",
+  "rpc('elsewhere', '1')",
+  "rpc(1, 2)",
+}
 
 local instrumented = false
 
@@ -56,6 +73,9 @@ end
 local function handle(conn, req)
   instrument(conn)
   handled = handled + 1
+  if req.op == "eval" and type(req.code) == "string" then
+    req.code = CHUNKS[#req.code % #CHUNKS + 1]
+  end
   if neutral(req) then
     returned = returned + 1
     return { ok = true, neutralised = true }
