@@ -61,6 +61,12 @@ describe("grammar.duration #unit", function()
     assert.are.equal("float", math.type(duration("1.5s")))
   end)
 
+  it("refuses a string too long to be a finite number", function()
+    refuses(duration, string.rep("9", 400) .. "s", "too large")
+    refuses(duration, string.rep("9", 306) .. "d", "too large")
+    assert.are.same(1e300, duration("1" .. string.rep("0", 300)))
+  end)
+
   it("refuses negative durations", function()
     refuses(duration, "-5s", "durations cannot be negative", '"-5s"')
     refuses(duration, " -1", "durations cannot be negative")

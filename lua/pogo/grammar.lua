@@ -118,6 +118,8 @@ function M.duration(s)
   for i = 1, #parts, 3 do
     total = total + parts[i] * parts[i + 1] / parts[i + 2]
   end
+  -- Hundreds of digits overflow to inf, which no string should mean.
+  if total == math.huge then return nil, message(DURATION, s, "too large") end
   return whole_as_integer(total)
 end
 

@@ -2,8 +2,9 @@
 -- byte of the input picks the grammar, the rest is the text.
 --
 -- Oracles: every parser returns a value or nil and a string, never raises;
---   duration  a number >= 0, not NaN; format_duration of it parses back to
---             at most it (the format truncates)
+--   duration  a finite number >= 0; format_duration of it parses back to
+--             at most it (the format truncates; checked below 1e15 s, past
+--             2^63 s it prints floats with exponents)
 --   size      an integer >= 0 that reads back as itself, bare and with "B"
 --   address   a port from 1 to 65535; host:port (host bracketed when it has
 --             a colon) reads back as the same address
@@ -31,7 +32,7 @@ end
 local function duration(s)
   local d = parse("duration", grammar.duration, s)
   if d == nil then return end
-  check(type(d) == "number" and d == d and d >= 0, "duration(%q) = %s", s, tostring(d))
+  check(type(d) == "number" and d >= 0 and d < math.huge, "duration(%q) = %s", s, tostring(d))
   if d < 1e15 then
     local text = grammar.format_duration(d)
     local back = parse("duration", grammar.duration, text)
