@@ -120,8 +120,10 @@ return function(src)
     check_normal(s)
     specs[i] = spec.fingerprint(s)
   end
-  local again = load(src)
-  check(again and #again == #specs, "a second load of the same text failed or differs in length")
+  local again, aerr = load(src)
+  -- The budget is wall-clock time: a loaded machine may cut the second load.
+  if not again and aerr:find("ran past its budget", 1, true) then return end
+  check(again and #again == #specs, "a second load of the same text failed or differs in length: %s", tostring(aerr))
   for i, s in ipairs(again) do
     local fp = spec.fingerprint(s)
     -- Addresses (tostring of a table or function) differ by design.
