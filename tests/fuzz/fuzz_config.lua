@@ -10,7 +10,7 @@
 local config = require "pogo.config"
 
 local root = ...
-local DIR = root .. "/build/fuzz/fuzz_config.d"   -- where the input is written
+local DIR = root .. "/build/fuzz/work/fuzz_config"   -- where the input is written
 assert(require("pogo.core.sys").mkdir(DIR, tonumber("700", 8)))
 local PATH = DIR .. "/node.lua"
 local BUDGET = 0.1      -- seconds; the agent's default is 1 for its config
