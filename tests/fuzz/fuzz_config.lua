@@ -10,30 +10,18 @@
 local config = require "pogo.config"
 
 local root = ...
+local oracle = dofile(root .. "/tests/fuzz/oracle.lua")
+local check, is_list_of = oracle.check, oracle.is_list_of
 local DIR = root .. "/build/fuzz/work/fuzz_config"   -- where the input is written
 assert(require("pogo.core.sys").mkdir(DIR, tonumber("700", 8)))
 local PATH = DIR .. "/node.lua"
 local BUDGET = 0.1      -- seconds; the agent's default is 1 for its config
-
-local function check(cond, fmt, ...)
-  if not cond then error(fmt:format(...), 2) end
-end
 
 local function same(a, b)
   if type(a) ~= "table" or type(b) ~= "table" then return a == b or (a ~= a and b ~= b) end
   for k, v in pairs(a) do if not same(v, b[k]) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
-end
-
-local function is_list_of(v, kind)
-  if type(v) ~= "table" then return false end
-  local n = 0
-  for _, x in pairs(v) do
-    if type(x) ~= kind then return false end
-    n = n + 1
-  end
-  return n == #v
 end
 
 local function positive(v) return type(v) == "number" and v > 0 end
@@ -59,8 +47,7 @@ return function(src)
   local ok, cfg, err = pcall(config.load, PATH, { budget = BUDGET })
   check(ok, "config.load raised: %s", tostring(cfg))
   if not cfg then
-    check(type(err) == "string", "error is a %s", type(err))
-    check(err:sub(1, #PATH) == PATH, "error does not name the file: %s", err)
+    oracle.names_file(err, PATH)
     return
   end
   check_normal(cfg)

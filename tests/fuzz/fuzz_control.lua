@@ -21,6 +21,7 @@ local root, socket_path = ...
 local config = require "pogo.config"
 local control = require "pogo.control"
 local core_control = require "pogo.core.control"
+local check = dofile(root .. "/tests/fuzz/oracle.lua").check
 
 require("pogo.log").setup { level = "error" }   -- dropped requests warn
 
@@ -30,10 +31,6 @@ control.agent.pogo = require "pogo"
 control.agent.shutdown = function() error("the fuzz target never shuts down") end
 
 local VERBOSE = os.getenv("FUZZ_VERBOSE")
-
-local function check(cond, fmt, ...)
-  if not cond then error(fmt:format(...), 2) end
-end
 
 local handled, returned, sent = 0, 0, 0
 local raised        -- the first error a request raised, if any

@@ -13,11 +13,9 @@
 --   pattern   a glob matches a line made from it ("*" -> "xyz", "?" -> "q",
 --             "\c" -> c) with text around it
 
+local root = ...
+local check = dofile(root .. "/tests/fuzz/oracle.lua").check
 local grammar = require "pogo.grammar"
-
-local function check(cond, fmt, ...)
-  if not cond then error(fmt:format(...), 2) end
-end
 
 -- Calls fn(s, ...); the value, or nil once the failure has been checked.
 local function parse(name, fn, s, ...)

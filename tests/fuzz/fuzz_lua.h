@@ -34,20 +34,6 @@
 
 #ifndef FUZZ_ROOT
 #define FUZZ_ROOT "."
-/* The whole of a target whose work is done by its driver script. */
-#define FUZZ_LUA_TARGET(name)                                                \
-    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);            \
-    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)             \
-    {                                                                        \
-        static lua_State *L;                                                 \
-        static int driver;                                                   \
-        if (L == NULL)                                                       \
-            L = fuzz_lua_open(name, NULL, &driver);                          \
-        lua_pushlstring(L, (const char *)data, size);                        \
-        fuzz_lua_call(L, driver, 1);                                         \
-        return 0;                                                            \
-    }
-
 #endif
 
 #define LUA_COUNTERS (1u << 16)

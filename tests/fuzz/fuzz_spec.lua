@@ -8,6 +8,9 @@
 -- loading the same text again gives the same fingerprints (what a reload
 -- compares), the clock and math.random being held still for the purpose.
 
+local root = ...
+local oracle = dofile(root .. "/tests/fuzz/oracle.lua")
+local check, is_list_of = oracle.check, oracle.is_list_of
 local spec = require "pogo.spec"
 
 local PATH = "/fuzz/children.d/input.lua"
@@ -28,25 +31,11 @@ os.time = function() return 1700000000 end  -- luacheck: ignore 122
 os.clock = function() return 0 end  -- luacheck: ignore 122
 os.date = function(fmt, t) return date(fmt, t or 1700000000) end  -- luacheck: ignore 122
 
-local function check(cond, fmt, ...)
-  if not cond then error(fmt:format(...), 2) end
-end
-
 local function one_of(v, ...)
   for _, c in ipairs { ... } do
     if v == c then return true end
   end
   return false
-end
-
-local function is_list_of(v, kind)
-  if type(v) ~= "table" then return false end
-  local n = 0
-  for _, x in pairs(v) do
-    if type(x) ~= kind then return false end
-    n = n + 1
-  end
-  return n == #v
 end
 
 local function number(v, lo) return type(v) == "number" and v == v and v >= lo end
@@ -108,8 +97,7 @@ end
 return function(src)
   local specs, err = load(src)
   if not specs then
-    check(type(err) == "string", "error is a %s", type(err))
-    check(err:sub(1, #PATH) == PATH, "error does not name the file: %s", err)
+    oracle.names_file(err, PATH)
     if VERBOSE then print(err) end
     return
   end
