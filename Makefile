@@ -91,9 +91,18 @@ FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TIME    ?= 60
 
-build/fuzz/%: tests/fuzz/%.c $(CORE) src/pogo.h
+FUZZ_OBJS    := $(CORE:src/%.c=build/fuzz/obj/%.o)
+
+# The core is instrumented once and linked into every target (kept, not
+# deleted as intermediate files).
+.SECONDARY: $(FUZZ_OBJS)
+build/fuzz/obj/%.o: src/%.c src/pogo.h
 	@mkdir -p $(@D)
-	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -Isrc $(PC_CFLAGS) -o $@ $< $(CORE) $(LDLIBS)
+	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) $(PC_CFLAGS) -c -o $@ $<
+
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_lua.h $(FUZZ_OBJS)
+	@mkdir -p $(@D)
+	clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -DFUZZ_ROOT='"$(CURDIR)"' -Isrc $(PC_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(LDLIBS)
 
 fuzz-build: $(FUZZ_TARGETS)
 

@@ -54,6 +54,14 @@ describe("#unit pogo.control", function()
     assert.is_false(control.handle(conn, { op = "eval" }).ok)
   end)
 
+  it("answers groups without a cluster with an error, not a raise", function()
+    package.loaded["pogo.dsup"] = { running = function() return false end }
+    local r = control.handle(conn, { op = "groups" })
+    package.loaded["pogo.dsup"] = nil
+    assert.is_false(r.ok)
+    assert.matches("needs the cluster", r.error)
+  end)
+
   it("encodes JSON on request", function()
     local r = control.handle(conn, { op = "eval", code = "{ a = 1 }", json = true })
     assert.are.equal('{"a":1}', r.out)

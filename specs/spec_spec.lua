@@ -592,6 +592,13 @@ return {
       assert.are.equal(p .. ":4: child 'a': duplicate id (item 1 has it too)", err)
     end)
 
+    it("turns an error raised by a metamethod of the returned table into the file's error", function()
+      local p = file 'return setmetatable({}, { __index = function() error("boom", 0) end })'
+      local list, err = spec.load_file(p)
+      assert.is_nil(list)
+      assert.are.equal(p .. ": boom", err)
+    end)
+
     it("keeps nothing from a file with a syntax error", function()
       local p = file 'return {\n  { id = "a", cmd = "x" },\n  { id = "b" cmd = "y" },\n}'
       local list, err = spec.load_file(p)

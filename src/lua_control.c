@@ -137,6 +137,16 @@ static void conn_flush(struct conn *c)
         conn_close(c);
 }
 
+/* Pushes the response { ok = false, error = msg }. [-0, +1, m] */
+static void push_failure(lua_State *L, const char *msg)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "ok");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "error");
+}
+
 /* Queues the value at idx; a value that cannot be encoded becomes an error
  * response, so the client always gets an answer. [-0, +0, m] */
 static void conn_send(lua_State *L, struct conn *c, int idx)
@@ -144,13 +154,9 @@ static void conn_send(lua_State *L, struct conn *c, int idx)
     char err[256];
     idx = lua_absindex(L, idx);
     if (put_value(L, idx, &c->out, err, sizeof err) < 0) {
-        lua_createtable(L, 0, 2);
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "ok");
-        lua_pushfstring(L, "cannot encode the response: %s", err);
-        lua_setfield(L, -2, "error");
+        push_failure(L, lua_pushfstring(L, "cannot encode the response: %s", err));
         put_value(L, -1, &c->out, err, sizeof err);
-        lua_pop(L, 1);
+        lua_pop(L, 2);
     }
     if (buf_avail(&c->out) > CONN_MAX_PENDING) {
         log_warn("control", "connection %u: client reads too slowly, dropped",
@@ -193,6 +199,11 @@ static int conn_dispatch_one(lua_State *L, struct conn *c)
     if (luart_call(L, 2, 1, "control request") == LUA_OK) {
         if (c->srv && !lua_isnil(L, -1))
             conn_send(L, c, -1);
+        lua_pop(L, 1);
+    } else if (c->srv) {
+        /* Logged by luart_call; the client gets an answer, not a wait. */
+        push_failure(L, "the request failed in the agent (see its log)");
+        conn_send(L, c, -1);
         lua_pop(L, 1);
     }
     return c->srv != NULL;

@@ -60,8 +60,12 @@ function M.file(path, kind)
   end
   local ok, value, src = sandbox.load(path, { budget = 1, env = { pogo = require "pogo" } })
   if not ok then return nil, value end
-  kind = kind or M.guess(value)
-  local vok, verr = validators[kind](value, path, src)
+  -- Reading what the file returned may run its metamethods: under its budget too.
+  local cok, vok, verr = sandbox.call(path, 1, function()
+    kind = kind or M.guess(value)
+    return validators[kind](value, path, src)
+  end)
+  if not cok then return nil, vok end
   if not vok then return nil, verr end
   return kind
 end

@@ -237,9 +237,13 @@ end
 --- Loads and validates the config file at path. Returns cfg | nil, err.
 function M.load(path, opts)
   opts = opts or {}
-  local ok, value, src = sandbox.load(path, { budget = opts.budget or 1 })
+  local budget = opts.budget or 1
+  local ok, value, src = sandbox.load(path, { budget = budget })
   if not ok then return nil, value end
-  return M.validate(value, { path = path, src = src })
+  -- Reading what the file returned may run its metamethods: under its budget too.
+  local cok, cfg, err = sandbox.call(path, budget, M.validate, value, { path = path, src = src })
+  if not cok then return nil, cfg end
+  return cfg, err
 end
 
 -- Keys that cannot change without restarting the agent.

@@ -345,10 +345,14 @@ function M.ops.members()
 end
 
 function M.ops.groups(_, req)
-  local ok, pg = pcall(require, "pogo.pg")
-  if not ok then return { ok = false, error = "process groups are not available" } end
+  if not dsup() then return { ok = false, error = "groups needs the cluster (secret_file in the node config)" } end
+  local pg = require "pogo.pg"
+  local wanted = req.scope
+  if wanted ~= nil and (type(wanted) ~= "string" or #wanted == 0 or #wanted > pg.NAME_MAX) then
+    return { ok = false, error = ("'scope' must be a string of 1 to %d bytes"):format(pg.NAME_MAX) }
+  end
   local out = {}
-  local scopes = req.scope and { req.scope } or pg.scopes()
+  local scopes = wanted and { wanted } or pg.scopes()
   for _, scope in ipairs(scopes) do
     local groups = {}
     for _, g in ipairs(pg.groups(scope)) do

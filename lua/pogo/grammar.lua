@@ -118,6 +118,8 @@ function M.duration(s)
   for i = 1, #parts, 3 do
     total = total + parts[i] * parts[i + 1] / parts[i + 2]
   end
+  -- Hundreds of digits overflow to inf, which no string should mean.
+  if total == math.huge then return nil, message(DURATION, s, "too large") end
   return whole_as_integer(total)
 end
 
@@ -212,9 +214,9 @@ function M.size(s)
   frac = frac:gsub("0+$", "")
   local digits = (int .. frac):gsub("^0+", "")
   if #frac > 18 then return nil, message(SIZE, s, "too many decimal places") end
-  if #digits > 18 then return nil, message(SIZE, s, "too large") end
-  local mantissa = tonumber(digits ~= "" and digits or "0")
-  if mantissa > math.maxinteger // mult then return nil, message(SIZE, s, "too large") end
+  -- tonumber gives a float past math.maxinteger: too large, however many digits.
+  local mantissa = math.tointeger(tonumber(digits ~= "" and digits or "0"))
+  if not mantissa or mantissa > math.maxinteger // mult then return nil, message(SIZE, s, "too large") end
   local scaled, scale = mantissa * mult, ipow(10, #frac)
   if scaled % scale ~= 0 then
     return nil, message(SIZE, s, "not a whole number of bytes")

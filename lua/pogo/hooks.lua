@@ -44,7 +44,9 @@ end
 function M.load(path)
   local ok, value = sandbox.load(path, { budget = M.budget, env = { pogo = require "pogo" } })
   if not ok then return nil, value end
-  local valid, err = M.validate(value, path)
+  -- Reading what the file returned may run its metamethods: under its budget too.
+  local cok, valid, err = sandbox.call(path, M.budget, M.validate, value, path)
+  if not cok then return nil, valid end
   if not valid then return nil, err end
   return value
 end

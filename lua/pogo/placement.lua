@@ -396,10 +396,14 @@ function M.load(path, opts)
   local ok, value, src = sandbox.load(path, { budget = budget, env = env })
   if not ok then return nil, value end
   local fn
+  -- Reading what the file returned may run its metamethods: under its budget too.
+  local cok, place = sandbox.call(path, budget, function()
+    return type(value) == "table" and value.place
+  end)
+  if not cok then return nil, place end
   if type(value) == "function" then
     fn = value
-  elseif type(value) == "table" and type(value.place) == "function" then
-    local place = value.place
+  elseif type(place) == "function" then
     fn = function(child, nodes) return place(child, nodes) end
   else
     return nil, ("%s: a placement policy must return a function or a table with a 'place' function, got %s")

@@ -25,10 +25,22 @@ local function copy(t)
   return c
 end
 
+-- A finalizer runs whenever the collector reaches its object, outside any
+-- budget: `while true do end` in one would freeze the agent for good.
+-- (Lua marks an object for finalization only when its metatable has __gc
+-- as it is set, so checking here is enough.)
+local function no_gc_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in user files", 2)
+  end
+  return setmetatable(t, mt)
+end
+
 --- The base environment for user files: safe globals plus `extra`.
 function M.base(extra)
   local env = {}
   for _, name in ipairs(SAFE) do env[name] = _G[name] end
+  env.setmetatable = no_gc_setmetatable
   for _, name in ipairs(SAFE_LIBS) do env[name] = copy(_G[name]) end
   env.os = { getenv = os.getenv, time = os.time, clock = os.clock, date = os.date }
   for k, v in pairs(extra or {}) do env[k] = v end
@@ -66,6 +78,20 @@ local function first_line(msg)
   return (tostring(msg):match("^[^\n]*"))
 end
 
+--- Calls fn(...) for the file at path under `budget` seconds: its chunk,
+--- or whatever reads the values it returned (their metamethods are the
+--- file's code). Returns true, results... | nil, a message naming the
+--- file, traceback.
+function M.call(path, budget, fn, ...)
+  local res = table.pack(runtime.call(budget, fn, ...))
+  if not res[1] then
+    local msg = first_line(res[2])
+    if msg:sub(1, #path) ~= path then msg = path .. ": " .. msg end
+    return nil, msg, res[2]
+  end
+  return table.unpack(res, 1, res.n)
+end
+
 --- Compiles and runs `src` as the chunk `path` in `env` under `budget`
 --- seconds. Returns true, value | nil, message, traceback.
 function M.run(src, path, env, budget)
@@ -74,11 +100,9 @@ function M.run(src, path, env, budget)
   end
   local chunk, err = load(src, "@" .. path, "t", env)
   if not chunk then return nil, err end
-  local res = table.pack(runtime.call(budget, chunk))
-  if not res[1] then
-    return nil, first_line(res[2]), res[2]
-  end
-  return true, res[2]
+  local ok, value, tb = M.call(path, budget, chunk)
+  if not ok then return nil, value, tb end
+  return true, value
 end
 
 --- Loads the file at path: M.read (unless the caller already read it and

@@ -781,15 +781,8 @@ local function share(v, name, depth)
   end
 end
 
---- Loads a spec file (one spec or a list of them) in the sandbox and
---- normalises every spec. All or nothing: the first error fails the file.
---- opts: budget (seconds), env (extra globals, e.g. pogo), src (the file's
---- text, when the caller has already read it).
-function M.load_file(path, opts)
-  opts = opts or {}
-  for name, v in pairs(opts.env or {}) do share(v, name, 1) end
-  local ok, value, src = sandbox.load(path, { budget = opts.budget or 1, env = opts.env, src = opts.src })
-  if not ok then return nil, value end
+-- The specs of a file's value, normalised, or nil and the first error.
+local function normalise_all(path, value, src)
   if type(value) ~= "table" then
     return nil, ("%s: a spec file must return a spec table or a list of them, got %s"):format(path, describe(value))
   end
@@ -813,6 +806,22 @@ function M.load_file(path, opts)
     out[i] = spec
   end
   return out
+end
+
+--- Loads a spec file (one spec or a list of them) in the sandbox and
+--- normalises every spec. All or nothing: the first error fails the file.
+--- opts: budget (seconds), env (extra globals, e.g. pogo), src (the file's
+--- text, when the caller has already read it).
+function M.load_file(path, opts)
+  opts = opts or {}
+  for name, v in pairs(opts.env or {}) do share(v, name, 1) end
+  local budget = opts.budget or 1
+  local ok, value, src = sandbox.load(path, { budget = budget, env = opts.env, src = opts.src })
+  if not ok then return nil, value end
+  -- Reading what the file returned may run its metamethods: under its budget too.
+  local cok, specs, err = sandbox.call(path, budget, normalise_all, path, value, src)
+  if not cok then return nil, specs end
+  return specs, err
 end
 
 -- Fingerprints -------------------------------------------------------------------

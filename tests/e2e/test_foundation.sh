@@ -142,6 +142,11 @@ test_config_errors_name_the_file_line_and_key() {
   out=$("$POGO" agent -c "$T/loop.lua" 2>&1); expect_eq 1 $? "looping config status"
   expect_match "loop.lua:1: interrupted" "$out"
 
+  # Reading what a config returned runs its metamethods: under the budget too.
+  printf 'return setmetatable({}, { __pairs = function() while true do end end })\n' >"$T/meta.lua"
+  out=$(timeout 10 "$POGO" agent -c "$T/meta.lua" 2>&1); expect_eq 1 $? "looping __pairs status"
+  expect_match "meta.lua:1: interrupted" "$out"
+
   out=$("$POGO" agent -c "$T/missing.lua" 2>&1); expect_eq 1 $? "missing file status"
   expect_match "missing.lua: No such file" "$out"
 }
@@ -236,4 +241,19 @@ test_keygen_writes_a_private_key_and_rotates() {
   expect_eq 2 "$(wc -l <"$T/k")" "keys after a rotation"
   expect_eq "$first" "$(sed -n 2p "$T/k")" "the old key stays second"
   expect_eq 600 "$(stat -c %a "$T/k")" "mode after rotation"
+}
+
+test_a_hooks_file_that_loops_when_read_does_not_freeze_the_agent() {
+  printf 'return setmetatable({}, { __pairs = function() while true do end end })\n' >"$T/hooks.lua"
+  write_config a "hooks = \"$T/hooks.lua\"" 'budget = "100ms"'
+  start_agent a
+  grep -q "hooks.lua:1: interrupted: ran past its budget" "$T/a.log" || fail "the looping hooks file was not interrupted"
+}
+
+test_groups_without_a_cluster_is_answered() {
+  start_agent a
+  local err
+  err=$(timeout 10 "$POGO" groups -s "$T/a.sock" 2>&1); local rc=$?
+  expect_eq 1 "$rc" "exit status (124 would be a client left waiting)"
+  expect_match "groups needs the cluster" "$err"
 }

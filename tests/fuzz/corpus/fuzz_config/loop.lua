@@ -1,0 +1,1 @@
+local t = {} repeat t[#t % 10 + 1] = true until false

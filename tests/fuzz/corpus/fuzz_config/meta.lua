@@ -1,0 +1,1 @@
+return setmetatable({ name = "m" }, { __pairs = function(t) return next, {}, nil end })

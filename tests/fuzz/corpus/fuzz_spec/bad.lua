@@ -1,0 +1,5 @@
+return {
+  id = "bad",
+  cmd = "a | b",
+  restart = "sometimes",
+}

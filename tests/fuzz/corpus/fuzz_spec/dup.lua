@@ -1,0 +1,1 @@
+return { { id = "x", cmd = "true" }, { id = "x", cmd = "false" } }

@@ -1,0 +1,2 @@
+local t = setmetatable({}, {__gc = function() while true do end end}) t = nil collectgarbage = nil
+return {id="g", cmd="true"}

@@ -1,0 +1,1 @@
+return setmetatable({ id = "m", cmd = "true" }, { __index = function(t, k) return rawget(t, k) end })

@@ -1,0 +1,2 @@
+local x = nope
+return { id = "u", cmd = { "x" } }
