@@ -134,6 +134,19 @@ static void emit(struct proc *p, double last, double gone, int open, int exact_s
 	*p = procs[--nprocs];
 }
 
+/* Takes fork_ms (the fork event's instant, < 0 if none) as p's start if
+ * it is this process's fork: /proc/PID/stat says the same to a tick. A pid
+ * is reused quickly on a busy machine, so a fork or exec event may be an
+ * older process's. */
+static void exact_fork(struct proc *p, double fork_ms)
+{
+	double stat_ms = p->exact_start ? -1 : p->start;
+	if (p->exact_start || fork_ms < stat_ms - 1 || fork_ms > stat_ms + 1e3 / sysconf(_SC_CLK_TCK) + 5)
+		return;
+	p->start = fork_ms;
+	p->exact_start = 1;
+}
+
 /* A new process of the run, seen at t: what it is, from its own /proc.
  * fork_ms: its fork instant from the events, or < 0. */
 static struct proc *add(int pid, unsigned long long ticks, double t, double fork_ms)
@@ -150,9 +163,9 @@ static struct proc *add(int pid, unsigned long long ticks, double t, double fork
 	env_get(env, n, "POGO_NODE", p->node, sizeof p->node, "?");
 	env_get(env, n, "POGO_GENERATION", p->gen, sizeof p->gen, "?");
 	env_get(env, n, "CHAOS_V", p->version, sizeof p->version, "0");
-	p->exact_start = fork_ms >= 0;
-	p->start = fork_ms >= 0 ? fork_ms : boot_ms + ticks * 1e3 / sysconf(_SC_CLK_TCK);
+	p->start = boot_ms + ticks * 1e3 / sysconf(_SC_CLK_TCK);
 	p->first = p->last = t;
+	exact_fork(p, fork_ms);
 	p->seen = 1;
 	return p;
 }
@@ -201,8 +214,8 @@ static void on_event(const struct proc_event *ev)
 		if (!ours(pid)) break;
 		double fork_ms = forks[pid % FORKS].pid == pid ? forks[pid % FORKS].ms : -1;
 		if ((p = find(pid))) {          /* a scan saw it first: the exact instants win */
-			if (fork_ms >= 0) p->start = fork_ms, p->exact_start = 1;
-			if (t < p->first) p->first = t;
+			exact_fork(p, fork_ms);
+			if (t < p->first && t >= p->start) p->first = t;
 		} else {
 			add(pid, start_ticks(pid), t, fork_ms);
 		}
@@ -210,20 +223,23 @@ static void on_event(const struct proc_event *ev)
 	}
 	case PROC_EVENT_EXIT:
 		if (ev->event_data.exit.process_pid != ev->event_data.exit.process_tgid) break;
-		if ((p = find(ev->event_data.exit.process_tgid))) emit(p, t, t, 0, 1);
+		/* an exit before the process was seen is an older one's */
+		if ((p = find(ev->event_data.exit.process_tgid)) && t >= p->first - 1) emit(p, t, t, 0, 1);
 		break;
 	default:
 		break;
 	}
 }
 
-/* Reads every queued event; waits up to timeout_ms for the first. */
-static void events_read(int timeout_ms)
+/* Reads the queued events until there are none or it is time (ms since
+ * T0) for the next scan: a flood of events must not starve the scans. */
+static void events_read(double until)
 {
 	static char buf[1 << 16] __attribute__((aligned(NLMSG_ALIGNTO)));
 	struct pollfd pfd = { nl, POLLIN, 0 };
-	if (poll(&pfd, 1, timeout_ms) <= 0) return;
-	for (;;) {
+	double wait = until - now_ms();
+	if (poll(&pfd, 1, wait > 0 ? (int)wait + 1 : 0) <= 0) return;
+	while (now_ms() < until) {
 		ssize_t n = recv(nl, buf, sizeof buf, MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == ENOBUFS) { lost++; continue; }    /* the scan covers it */
@@ -239,7 +255,8 @@ static void events_read(int timeout_ms)
 
 /* ---- the scan ---- */
 
-static void scan(void)
+/* final: the last scan, which waits for no exit event. */
+static void scan(int final)
 {
 	for (int i = 0; i < nprocs; i++) procs[i].seen = 0;
 	DIR *d = opendir("/proc");
@@ -270,7 +287,7 @@ static void scan(void)
 		struct proc *p = &procs[i];
 		if (p->seen) continue;
 		if (!p->missing) p->missing = t;
-		if (nl < 0 || t - p->missing > GRACE_MS) { emit(p, p->last, p->missing, 0, 0); i--; }
+		if (nl < 0 || final || t - p->missing > GRACE_MS) { emit(p, p->last, p->missing, 0, 0); i--; }
 	}
 }
 
@@ -296,8 +313,7 @@ int main(int argc, char **argv)
 	while (!ended) {
 		double t = now_ms();
 		if (t >= next) {
-			if (nl >= 0) events_read(0);
-			scan();
+			scan(0);
 			if (scans++) {
 				gap_sum += t - prev;
 				if (t - prev > gap_max) gap_max = t - prev;
@@ -306,15 +322,18 @@ int main(int argc, char **argv)
 			next = t + interval;
 		}
 		if (nl >= 0) {
-			events_read((int)(next - t) + 1);
+			events_read(next);
 		} else {
 			struct timespec nap = { interval / 1000, (interval % 1000) * 1000000L };
 			nanosleep(&nap, NULL);
 		}
 	}
-	if (nl >= 0) events_read(0);
+	/* what is still there is open: last is its last sighting (a starved
+	 * recorder must not stretch a process to the end) */
+	if (nl >= 0) events_read(now_ms() + 100);
+	scan(1);
 	double t = now_ms();
-	while (nprocs) emit(&procs[0], t, t, 1, 0);
+	while (nprocs) emit(&procs[0], procs[0].last, t, 1, 0);
 	fprintf(out, "# scans %ld gap_mean_ms %.1f gap_max_ms %.1f events %ld lost %ld\n", scans,
 		scans > 1 ? gap_sum / (scans - 1) : 0, gap_max, events, lost);
 	fclose(out);
