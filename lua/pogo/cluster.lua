@@ -1005,6 +1005,24 @@ function Cluster:up_nodes()
   return list
 end
 
+--- Names this node cannot reach (its own report) that some up peer does
+--- not report: a cut that is not transitive yet, where those nodes may run
+--- what this node cannot see. Only smaller names: for a greater one this
+--- node's report makes the partition rule shut that node out everywhere.
+--- Sorted.
+function Cluster:unseen()
+  local out = {}
+  for _, name in ipairs(self.report or {}) do
+    for _, node in pairs(name < self.name and self.peers or {}) do
+      if is_up(node) and node.name ~= name and not (node.report and node.report[name]) then
+        out[#out + 1] = name
+        break
+      end
+    end
+  end
+  return out
+end
+
 --- How many nodes, this one included, are up and were heard from within
 --- the last `window` seconds: fresh evidence of a majority, which a node
 --- that was frozen or cut off does not have however long its links stay.

@@ -441,6 +441,14 @@ local function assign(id, sp, insts, eligible)
       return { reason = ("quorum fence: the set of nodes changed %.1fs ago, waiting %.1fs more"):format(
         settled, left) }
     end
+    -- Nor while a node that other nodes still reach is cut off from this
+    -- one: it may hold a copy that this node cannot see, and both sides
+    -- can hear a majority (the partition rule settles it in seconds).
+    local unseen = #insts == 0 and S.cluster:unseen() or {}
+    if #unseen > 0 then
+      return { reason = ("quorum: cannot reach %s, which other nodes still reach"):format(
+        table.concat(unseen, ", ")) }
+    end
   end
   -- Keep a child off the nodes where it failed, while others remain.
   local nodes = eligible
@@ -605,8 +613,8 @@ local function describe(view, id, eligible)
 end
 
 pass = function()
+  if S == nil or S.closed then return end   -- a pass deferred before stop()
   S.scheduled = false
-  if S.closed then return end
   local set = S.dirty
   if S.all then
     S.all = false
