@@ -46,7 +46,7 @@ local L = log.sub("pg")
 
 local M = {}
 
-M.CHUNK = 100           -- members per snapshot message
+M.CHUNK = 50            -- members per snapshot message
 M.CHUNK_BYTES = 1 << 20 -- and about this many bytes, at most one member over
 M.SWEEP = 2000          -- log slots per step of a snapshot sweep or of a drop's leaves
 M.BLOCK = 4096          -- log slots per block of the log's arrays
