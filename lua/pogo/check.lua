@@ -58,14 +58,12 @@ function M.file(path, kind)
   if kind and not validators[kind] then
     return nil, ("unknown kind '%s' (config, spec, policy, hooks)"):format(kind)
   end
-  local ok, value, src = sandbox.load(path, { budget = 1, env = { pogo = require "pogo" } })
-  if not ok then return nil, value end
-  -- Reading what the file returned may run its metamethods: under its budget too.
-  local cok, vok, verr = sandbox.call(path, 1, function()
-    kind = kind or M.guess(value)
-    return validators[kind](value, path, src)
-  end)
-  if not cok then return nil, vok end
+  local ok, vok, verr = sandbox.load(path, { budget = 1, env = { pogo = require "pogo" },
+    read = function(value, src)
+      kind = kind or M.guess(value)
+      return validators[kind](value, path, src)
+    end })
+  if not ok then return nil, vok end
   if not vok then return nil, verr end
   return kind
 end

@@ -237,12 +237,9 @@ end
 --- Loads and validates the config file at path. Returns cfg | nil, err.
 function M.load(path, opts)
   opts = opts or {}
-  local budget = opts.budget or 1
-  local ok, value, src = sandbox.load(path, { budget = budget })
-  if not ok then return nil, value end
-  -- Reading what the file returned may run its metamethods: under its budget too.
-  local cok, cfg, err = sandbox.call(path, budget, M.validate, value, { path = path, src = src })
-  if not cok then return nil, cfg end
+  local ok, cfg, err = sandbox.load(path, { budget = opts.budget or 1,
+    read = function(value, src) return M.validate(value, { path = path, src = src }) end })
+  if not ok then return nil, cfg end
   return cfg, err
 end
 

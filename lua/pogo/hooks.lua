@@ -42,11 +42,10 @@ end
 
 --- Loads a hooks file. Returns the table | nil, err. All or nothing.
 function M.load(path)
-  local ok, value = sandbox.load(path, { budget = M.budget, env = { pogo = require "pogo" } })
-  if not ok then return nil, value end
-  -- Reading what the file returned may run its metamethods: under its budget too.
-  local cok, valid, err = sandbox.call(path, M.budget, M.validate, value, path)
-  if not cok then return nil, valid end
+  local value
+  local ok, valid, err = sandbox.load(path, { budget = M.budget, env = { pogo = require "pogo" },
+    read = function(v) value = v return M.validate(v, path) end })
+  if not ok then return nil, valid end
   if not valid then return nil, err end
   return value
 end

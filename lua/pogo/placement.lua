@@ -393,22 +393,14 @@ function M.load(path, opts)
   local env = { pogo = { placement = M.readonly, log = opts.log or {
     debug = log.debug, info = log.info, warn = log.warn, error = log.error,
   } } }
-  local ok, value, src = sandbox.load(path, { budget = budget, env = env })
-  if not ok then return nil, value end
-  local fn
-  -- Reading what the file returned may run its metamethods: under its budget too.
-  local cok, place = sandbox.call(path, budget, function()
-    return type(value) == "table" and value.place
-  end)
-  if not cok then return nil, place end
-  if type(value) == "function" then
-    fn = value
-  elseif type(place) == "function" then
-    fn = function(child, nodes) return place(child, nodes) end
-  else
-    return nil, ("%s: a placement policy must return a function or a table with a 'place' function, got %s")
-      :format(path, type(value))
-  end
+  local ok, fn, src = sandbox.load(path, { budget = budget, env = env, read = function(value, text)
+    if type(value) == "function" then return value, text end
+    local place = type(value) == "table" and value.place
+    if type(place) == "function" then return function(child, nodes) return place(child, nodes) end, text end
+    error(("%s: a placement policy must return a function or a table with a 'place' function, got %s")
+      :format(path, type(value)), 0)
+  end })
+  if not ok then return nil, fn end
   return setmetatable({ fn = fn, path = path, digest = M.hex(src), budget = budget }, Policy)
 end
 

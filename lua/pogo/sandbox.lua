@@ -107,7 +107,10 @@ end
 
 --- Loads the file at path: M.read (unless the caller already read it and
 --- passes opts.src) + M.run with a strict environment over M.base(extra).
---- Returns true, value, source | nil, message, traceback.
+--- Returns true, value, source | nil, message, traceback. With opts.read,
+--- returns true, read(value, source)... instead: reading what the file
+--- returned may run its metamethods, which are the file's code, so read
+--- runs under the file's budget too.
 function M.load(path, opts)
   opts = opts or {}
   local src, err = opts.src, nil
@@ -116,6 +119,7 @@ function M.load(path, opts)
   local env = M.strict(M.base(opts.env))
   local ok, value, tb = M.run(src, path, env, opts.budget)
   if not ok then return nil, value, tb end
+  if opts.read then return M.call(path, opts.budget, opts.read, value, src) end
   return true, value, src
 end
 

@@ -815,12 +815,9 @@ end
 function M.load_file(path, opts)
   opts = opts or {}
   for name, v in pairs(opts.env or {}) do share(v, name, 1) end
-  local budget = opts.budget or 1
-  local ok, value, src = sandbox.load(path, { budget = budget, env = opts.env, src = opts.src })
-  if not ok then return nil, value end
-  -- Reading what the file returned may run its metamethods: under its budget too.
-  local cok, specs, err = sandbox.call(path, budget, normalise_all, path, value, src)
-  if not cok then return nil, specs end
+  local ok, specs, err = sandbox.load(path, { budget = opts.budget or 1, env = opts.env, src = opts.src,
+    read = function(value, src) return normalise_all(path, value, src) end })
+  if not ok then return nil, specs end
   return specs, err
 end
 
