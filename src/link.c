@@ -76,7 +76,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "pogo.h"
@@ -832,9 +831,7 @@ static void on_sealed_frame(struct link *l, const char *body, size_t len)
  * call in an iteration starts the clock. */
 static int delivery_spent(struct link_ctx *c)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    double now = clock_ms(CLOCK_MONOTONIC);
     unsigned int it = ev_iteration(c->loop);
 
     if (it != c->budget_iteration || c->deliver_until == 0) {

@@ -197,13 +197,6 @@ static int l_break(lua_State *L)
     return 0;
 }
 
-static double clock_ms(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static double mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
 /* ---- how long the loop is busy ------------------------------------------
@@ -351,7 +344,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
         pace.automatic = 1;
         lua_gc(L, LUA_GCRESTART);
     }
-    double now = mono_ms(), until = now + budget;
+    double until = mono_ms() + budget;
     do {
         double t0 = busy_measuring() ? clock_ms(CLOCK_THREAD_CPUTIME_ID) : 0;
         int done = lua_gc(L, LUA_GCSTEP, 0);
@@ -364,7 +357,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
             cycle_done(L);
             break;
         }
-    } while ((now = mono_ms()) < until);
+    } while (mono_ms() < until);
 }
 
 /* pace_gc(step_ms[, slack_kb]): pace the collector by the loop (see

@@ -116,13 +116,6 @@ double luart_slowest(char *where, size_t len)
     return ms;
 }
 
-static double cpu_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 int luart_call(lua_State *L, int nargs, int nres, const char *what)
 {
     int base = lua_gettop(L) - nargs;
@@ -132,7 +125,7 @@ int luart_call(lua_State *L, int nargs, int nres, const char *what)
     if (timed) {
         lua_pushvalue(L, base);
         lua_getinfo(L, ">S", &ar);
-        t0 = cpu_ms();
+        t0 = clock_ms(CLOCK_THREAD_CPUTIME_ID);
     }
     slowest.depth++;
     lua_pushcfunction(L, msgh);
@@ -140,8 +133,9 @@ int luart_call(lua_State *L, int nargs, int nres, const char *what)
     int rc = lua_pcall(L, nargs, nres, base);
     lua_remove(L, base);
     slowest.depth--;
-    if (timed && cpu_ms() - t0 > slowest.ms) {
-        slowest.ms = cpu_ms() - t0;
+    double took = timed ? clock_ms(CLOCK_THREAD_CPUTIME_ID) - t0 : 0;
+    if (took > slowest.ms) {
+        slowest.ms = took;
         snprintf(slowest.where, sizeof slowest.where, "%s (%s:%d)", what,
                  ar.short_src, ar.linedefined);
     }

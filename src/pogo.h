@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/resource.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <ev.h>
 #include <sodium.h>
@@ -52,6 +53,15 @@ void log_vmsg(enum log_level level, const char *subsys, const char *fmt,
 #define log_info(sub, ...) log_msg(LOG_INFO, sub, __VA_ARGS__)
 #define log_warn(sub, ...) log_msg(LOG_WARN, sub, __VA_ARGS__)
 #define log_error(sub, ...) log_msg(LOG_ERROR, sub, __VA_ARGS__)
+
+/* A clock in milliseconds: CLOCK_MONOTONIC for durations, or
+ * CLOCK_THREAD_CPUTIME_ID for the work this thread did. */
+static inline double clock_ms(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 /* ---- luart.c: the Lua runtime -------------------------------------------- */
 
