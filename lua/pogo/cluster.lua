@@ -1013,10 +1013,12 @@ end
 function Cluster:unseen()
   local out = {}
   for _, name in ipairs(self.report or {}) do
-    for _, node in pairs(name < self.name and self.peers or {}) do
-      if is_up(node) and node.name ~= name and not (node.report and node.report[name]) then
-        out[#out + 1] = name
-        break
+    if name < self.name then
+      for _, node in pairs(self.peers) do
+        if is_up(node) and not (node.report and node.report[name]) then
+          out[#out + 1] = name
+          break
+        end
       end
     end
   end
